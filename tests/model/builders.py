@@ -14,7 +14,9 @@ def make_batch(config, images, text_len: int = 24, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     tiles, lows, grids = [], [], []
     for im in images:
-        t, lo, g = tile_image(im, config.vision_config.image_size, config.image_mean, config.image_std, tuple(config.max_grid))
+        t, lo, g = tile_image(
+            im, config.vision_config.image_size, config.image_mean, config.image_std, tuple(config.max_grid)
+        )
         tiles.append(t)
         lows.append(lo)
         grids.append(g)

@@ -34,7 +34,9 @@ def test_llm_receives_l_visual_tokens_at_paper_geometry(hw):
     model = VLSAForConditionalGeneration(config).eval()
     batch, counts = make_batch(config, random_images([hw]), text_len=4)
     assert counts == [576]
-    features, pooled = model.encode_images(batch["pixel_values"], batch["tile_pixel_values"], batch["image_grids"])
+    features, pooled = model.encode_images(
+        batch["pixel_values"], batch["tile_pixel_values"], batch["image_grids"]
+    )
     assert [f.shape[0] for f in features] == [576] and pooled.shape == (1, config.text_config.hidden_size)
     seen = _llm_inputs(model)
     with torch.no_grad():
@@ -79,7 +81,9 @@ def test_gradients_reach_exactly_the_stage_parts_and_frozen_parts_stay_bitwise(s
     for _ in range(3):
         opt.zero_grad()
         model(**batch).loss.backward()
-        reached = {part_of(n) for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        reached = {
+            part_of(n) for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+        }
         assert reached == set(STAGES[stage])
         assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
         opt.step()
@@ -109,7 +113,11 @@ def _config_fields(config):
     """The config as saved, less what saving itself records (the path and the weights' dtype)."""
 
     def strip(d):
-        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in ("_name_or_path", "dtype")}
+        return {
+            k: strip(v) if isinstance(v, dict) else v
+            for k, v in d.items()
+            if k not in ("_name_or_path", "dtype")
+        }
 
     return strip(config.to_dict())
 

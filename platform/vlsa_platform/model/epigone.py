@@ -16,7 +16,9 @@ class Epigone(nn.Module):
     (B, pooled_projection_dim).
     """
 
-    def __init__(self, text_hidden_size: int, rank: int, joint_attention_dim: int, pooled_projection_dim: int):
+    def __init__(
+        self, text_hidden_size: int, rank: int, joint_attention_dim: int, pooled_projection_dim: int
+    ):
         super().__init__()
         self.down = nn.Linear(text_hidden_size, rank)
         self.act = nn.SiLU()

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPVisionModel, LlamaForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_vlsa import VLSAConfig
 from .projector import MultiModalProjector
 from .reconstruction import ReconstructionObjective
 from .sa_perceiver import SAPerceiver
+from .submodels import build_submodel
 from .tiling import TileGrid, anyres_feature_size, anyres_token_count
 
 IGNORE_INDEX = -100
@@ -38,7 +39,9 @@ def grids_from_tensor(image_grids: torch.Tensor, tile: int) -> list[TileGrid]:
 
 def grids_to_tensor(grids: Sequence[TileGrid]) -> torch.Tensor:
     """Inverse of :func:`grids_from_tensor` (what a collator puts in the batch)."""
-    return torch.tensor([[g.rows, g.cols, g.content_height, g.content_width] for g in grids], dtype=torch.long)
+    return torch.tensor(
+        [[g.rows, g.cols, g.content_height, g.content_width] for g in grids], dtype=torch.long
+    )
 
 
 def num_visual_tokens(config: VLSAConfig, grid: TileGrid) -> int:
@@ -126,7 +129,7 @@ class VLSAForConditionalGeneration(VLSAPreTrainedModel):
 
     def __init__(self, config: VLSAConfig) -> None:
         super().__init__(config)
-        self.vision_tower = CLIPVisionModel(config.vision_config)
+        self.vision_tower = build_submodel("vision_encoder", config)
         v_hidden = config.vision_config.hidden_size
         t_hidden = config.text_config.hidden_size
         self.sa_perceiver = (
@@ -138,7 +141,7 @@ class VLSAForConditionalGeneration(VLSAPreTrainedModel):
             if config.vision_mode == "anyres" and config.anyres_newline
             else None
         )
-        self.language_model = LlamaForCausalLM(config.text_config)
+        self.language_model = build_submodel("llm", config)
         self.reconstruction = ReconstructionObjective(config) if config.recon else None
         self.post_init()
 
@@ -195,7 +198,11 @@ class VLSAForConditionalGeneration(VLSAPreTrainedModel):
         n = self.config.patches_per_side
         base = self.multi_modal_projector(v_lo)
         tiles = self.multi_modal_projector(v_hi)  # (m, l, D)
-        fmap = tiles.view(grid.rows, grid.cols, n, n, -1).permute(0, 2, 1, 3, 4).reshape(grid.rows * n, grid.cols * n, -1)
+        fmap = (
+            tiles.view(grid.rows, grid.cols, n, n, -1)
+            .permute(0, 2, 1, 3, 4)
+            .reshape(grid.rows * n, grid.cols * n, -1)
+        )
         height, width = anyres_feature_size(grid, n)
         fmap = fmap[:height, :width]
         if self.image_newline is not None:
@@ -276,12 +283,18 @@ class VLSAForConditionalGeneration(VLSAPreTrainedModel):
             features, _ = self.encode_images(pixel_values, tile_pixel_values, image_grids)
         embeds = self.embed_inputs(input_ids, features)
         generate_kwargs.setdefault("do_sample", False)
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        return self.language_model.generate(
+            inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
+        )
 
     def enable_activation_checkpointing(self) -> None:
         """Recompute activations in the backward pass of every transformer stack (LLM, vision tower, MMDiT)."""
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.vision_tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.language_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        self.vision_tower.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
         if self.reconstruction is not None:
             self.reconstruction.denoiser.enable_gradient_checkpointing()
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 from torch import nn
 
 from .configuration_vlsa import VLSAConfig
 from .epigone import Epigone
+from .submodels import build_submodel
 
 
 @dataclass
@@ -40,12 +41,14 @@ class ReconstructionObjective(nn.Module):
     def __init__(self, config: VLSAConfig) -> None:
         super().__init__()
         text_hidden = config.text_config.hidden_size
-        self.vae = AutoencoderKL.from_config(config.vae_config)
+        self.vae = build_submodel("vae", config)
         self.vae.requires_grad_(False)
         self.vae.eval()
-        self.denoiser = SD3Transformer2DModel.from_config(config.denoiser_config)
+        self.denoiser = build_submodel("denoiser", config)
         den = self.denoiser.config
-        self.epigone = Epigone(text_hidden, config.epigone_rank, den.joint_attention_dim, den.pooled_projection_dim)
+        self.epigone = Epigone(
+            text_hidden, config.epigone_rank, den.joint_attention_dim, den.pooled_projection_dim
+        )
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config.scheduler_config or {})
         self.weighting_scheme = config.weighting_scheme
         self.logit_mean = config.logit_mean

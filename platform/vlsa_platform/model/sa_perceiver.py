@@ -40,7 +40,9 @@ def _locality_mask_cpu(rows: int, cols: int, side: int, max_tiles: int) -> torch
     return mask
 
 
-def locality_mask(grids: Sequence[tuple[int, int]], side: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def locality_mask(
+    grids: Sequence[tuple[int, int]], side: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Stacked locality masks ``(B, l + 1, M * l)`` for a batch of tile grids, ``M`` the largest tile count."""
     max_tiles = max(r * c for r, c in grids)
     return torch.stack([_locality_mask_cpu(r, c, side, max_tiles) for r, c in grids]).to(device)

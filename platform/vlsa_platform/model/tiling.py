@@ -95,7 +95,11 @@ def tile_image(
     x = image.float().unsqueeze(0)
     if (grid.content_height, grid.content_width) != tuple(image.shape[1:]):
         x = F.interpolate(
-            x, size=(grid.content_height, grid.content_width), mode="bicubic", antialias=True, align_corners=False
+            x,
+            size=(grid.content_height, grid.content_width),
+            mode="bicubic",
+            antialias=True,
+            align_corners=False,
         ).clamp(0, 1)
     mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
@@ -104,7 +108,9 @@ def tile_image(
     canvas = x.new_zeros(1, 3, grid.canvas_height, grid.canvas_width)
     canvas[:, :, : grid.content_height, : grid.content_width] = x
     tiles = (
-        canvas.view(3, grid.rows, tile, grid.cols, tile).permute(1, 3, 0, 2, 4).reshape(grid.num_tiles, 3, tile, tile)
+        canvas.view(3, grid.rows, tile, grid.cols, tile)
+        .permute(1, 3, 0, 2, 4)
+        .reshape(grid.num_tiles, 3, tile, tile)
     )
     lowres = F.interpolate(canvas, size=(tile, tile), mode="bicubic", antialias=True, align_corners=False)[0]
     return tiles.contiguous(), lowres, grid

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..attention import resolve_attn_implementation
 from ..configuration_vlsa import VLSAConfig
 
 PRESETS: tuple[str, ...] = ("paper", "tiny")
@@ -30,8 +31,7 @@ PAPER_SOURCES: dict[str, tuple[str, str | None]] = {
     "vq": ("microsoft/vq-diffusion-ithq", "vqvae"),
 }
 
-#: Token that stands at each visual position. LLaMA-3's first reserved special token needs no embedding resize.
-IMAGE_TOKEN: dict[str, str] = {"paper": "<|reserved_special_token_0|>", "tiny": "<image>"}
+#: Id of ``IMAGE_TOKEN["paper"]`` (LLaMA-3's first reserved special token) in the LLaMA-3 vocabulary.
 PAPER_IMAGE_TOKEN_ID = 128002
 
 
@@ -42,7 +42,7 @@ def _paper(name: str) -> dict[str, Any]:
 
 
 def _tiny_configs() -> dict[str, Any]:
-    from ..tokenizer import load_tiny_tokenizer
+    from ..tokenizer import IMAGE_TOKEN, load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer()
     return {
@@ -141,7 +141,7 @@ def build_vlsa_config(
     max_grid: tuple[int, int] | list[int] = (2, 2),
     recon_resolution: int | None = None,
     extra_vocab: int = 0,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "auto",
 ) -> VLSAConfig:
     """The :class:`VLSAConfig` of a preset with the ablation switches and geometry applied.
 
@@ -152,7 +152,8 @@ def build_vlsa_config(
         max_grid: ``(rows, cols)`` cap on hi-res tiles.
         recon_resolution: side of the VAE input for L_rec (preset default if ``None``).
         extra_vocab: tokens added to the LLM's vocabulary (e.g. the VQ codes as special tokens).
-        attn_implementation: ``sdpa``, ``flash_attention_2`` or ``eager`` for the transformers sub-models.
+        attn_implementation: ``auto`` (flash-attention-2 where installed on a GPU, else SDPA), ``sdpa``,
+            ``flash_attention_2`` or ``eager``, for the transformers sub-models.
     """
     _check(preset)
     if preset == "paper":
@@ -189,8 +190,8 @@ def build_vlsa_config(
         scheduler_config=parts["scheduler"] if recon else None,
         image_mean=parts.get("image_mean"),
         image_std=parts.get("image_std"),
-        attn_implementation=attn_implementation,
+        attn_implementation=resolve_attn_implementation(attn_implementation),
     )
 
 
-__all__ = ["IMAGE_TOKEN", "PAPER_SOURCES", "PRESETS", "build_vlsa_config", "vq_config"]
+__all__ = ["PAPER_SOURCES", "PRESETS", "build_vlsa_config", "vq_config"]
