@@ -53,3 +53,18 @@ def test_vq_configs_build():
     assert vq_config("paper")["num_vq_embeddings"] == 4096
     with pytest.raises(ValueError, match="unknown model preset"):
         vq_config("huge")
+
+
+def test_vq_models_build_and_give_the_published_grid():
+    import torch
+    from diffusers import VQModel
+
+    paper = vq_config("paper")
+    with torch.device("meta"):
+        model = VQModel.from_config(paper)
+    assert sum(p.numel() for p in model.parameters()) == 64_009_667
+    assert 256 // 2 ** (len(paper["block_out_channels"]) - 1) == 32  # 32x32 codes at 256 px
+    tiny = VQModel.from_config(vq_config("tiny")).eval()
+    with torch.no_grad():
+        latents = tiny.encode(torch.zeros(1, 3, 64, 64)).latents
+    assert latents.shape[-2:] == (8, 8)
