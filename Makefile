@@ -20,12 +20,12 @@ test: install
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check platform tests
-	$(VENV)/bin/ruff format --check platform tests
+	$(VENV)/bin/ruff check platform tests benchmarks
+	$(VENV)/bin/ruff format --check platform tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff check --fix platform tests
-	$(VENV)/bin/ruff format platform tests
+	$(VENV)/bin/ruff check --fix platform tests benchmarks
+	$(VENV)/bin/ruff format platform tests benchmarks
 
 # The plan of the full paper recipe: runs, stages, trainable parts, parameter counts, placement.
 plan: install

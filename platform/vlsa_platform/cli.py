@@ -1,0 +1,202 @@
+"""``vlsa-platform``: the command line (argparse, one function per verb).
+
+Verbs so far: ``validate``, ``data inspect``. Exit status: 0 ok, 2 a bad experiment file or usage (the message on stderr, no
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def _human(n: int) -> str:
+    """``8030261248`` -> ``8.03B``."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def render_plan(plan: dict[str, Any], source: str) -> str:
+    """The plan as a compact, human-readable table."""
+    lines = [
+        f"{source}: experiment {plan['experiment']!r} — {plan['kind']}, scale {plan['scale']}, "
+        f"{plan['num_trials']} run{'s' if plan['num_trials'] != 1 else ''}"
+    ]
+    if plan["search_space"]:
+        lines.append("  search space:")
+        for key, domain in plan["search_space"].items():
+            ((kind, values),) = domain.items()
+            lines.append(f"    {key}: {kind} {json.dumps(values)}")
+    for run in plan["runs"]:
+        switches = run["model"]
+        flags = [switches["vision"], *(name for name in ("recon", "cognition", "lora") if switches[name])]
+        lines.append(
+            f"  run {run['label']}  [{' + '.join(flags)}]  {run['visual_tokens_per_image']} visual tokens/image"
+        )
+        rows = [["stage", "trainable", "params", "trained", "loss llm/rec", "steps", "placement"]]
+        for stage in run["stages"]:
+            place = stage["placement"]
+            where = f"{place['num_workers']}x{place['accelerator_type'] or ('GPU' if place['use_gpu'] else 'CPU')}"
+            offload = f" offload={place['offload']}" if place["offload"] != "none" else ""
+            rows.append(
+                [
+                    stage["name"],
+                    ",".join(stage["trainable"]),
+                    _human(stage["params_total"]),
+                    _human(stage["params_trainable"]),
+                    f"{stage['loss']['llm_weight']:g}/{stage['loss']['rec_weight']:g}",
+                    "?" if stage["steps"] is None else str(stage["steps"]),
+                    f"{where} zero{place['zero_stage']}{offload} "
+                    f"batch {place['micro_batch']}x{place['num_workers']}x{place['grad_accum']}={place['global_batch']}",
+                ]
+            )
+        lines.extend(_table(rows, indent="    "))
+    return "\n".join(lines)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Parse, resolve and print the plan of each file; start nothing (no Ray, no MLflow)."""
+    from .config.errors import ConfigError
+    from .config.loader import load_experiment
+    from .orchestration.plan import build_plan
+
+    status = EXIT_OK
+    for i, path in enumerate(args.files):
+        try:
+            plan = build_plan(load_experiment(path, scale=args.scale, overrides=args.set))
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        if args.json:
+            print(json.dumps(plan))
+        else:
+            print(("\n" if i else "") + render_plan(plan, path))
+    return status
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    """Check a dataset (records, every image, turn and token statistics); exit 0 if it could be read."""
+    from .data.inspect import inspect_dataset
+    from .data.records import DatasetError
+
+    try:
+        report = inspect_dataset(
+            args.path,
+            args.image_root,
+            tokenizer=None if args.tokenizer == "none" else args.tokenizer,
+            max_pixels=args.max_pixels,
+            workers=args.workers,
+        )
+    except DatasetError as err:
+        print(f"vlsa-platform data inspect: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(report.to_dict()) if args.json else report.to_text())
+    if not report.inspected:
+        print(f"vlsa-platform data inspect: no file under {args.path} could be read", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def _add_data_verb(verbs: Any) -> None:
+    """``data inspect JSON_OR_DIR [--image-root DIR] [--json]``."""
+    from .data.records import DEFAULT_MAX_PIXELS
+
+    data = verbs.add_parser("data", help="dataset tools (inspect)", description="Dataset tools.")
+    sub = data.add_subparsers(dest="data_verb", required=True, metavar="SUBVERB")
+    inspect = sub.add_parser(
+        "inspect",
+        help="check a LLaVA-format dataset: records, every image, turn and token statistics",
+        description="Read every record and open every image of a LLaVA-format dataset (JSON list or JSON Lines; "
+        "a folder means every *.json/*.jsonl in it) and report samples read, usable and skipped (with a reason "
+        "each), text-only samples, turn and token-length statistics. Exit 0 when it could inspect (even with "
+        "bad samples), 2 when the path cannot be read.",
+    )
+    inspect.add_argument("path", metavar="JSON_OR_DIR", help="dataset file (local or s3://) or local folder")
+    inspect.add_argument(
+        "--image-root",
+        default=None,
+        metavar="DIR",
+        help="folder (local or s3://) the image paths are relative to (default: each file's folder)",
+    )
+    inspect.add_argument(
+        "--tokenizer",
+        default="tiny",
+        metavar="tiny|paper|PATH|none",
+        help="tokenizer for the token-length statistics: the bundled tiny one (default), paper "
+        "(LLaMA-3-8B-Instruct, downloaded), a local tokenizer folder, or none",
+    )
+    inspect.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest image allowed, width x height (default {DEFAULT_MAX_PIXELS})",
+    )
+    inspect.add_argument(
+        "--workers", type=int, default=None, help="threads opening images (default 4 per CPU)"
+    )
+    inspect.add_argument("--json", action="store_true", help="print one JSON object with the same numbers")
+    inspect.set_defaults(func=cmd_data_inspect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlsa-platform",
+        description="Train VLSA as DeepSpeed stages on Ray, sweep its loss ratios, track it in MLflow.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    validate = verbs.add_parser(
+        "validate",
+        help="check experiment files and print their plan (runs, stages, parameters, placement)",
+        description="Parse and resolve experiment files and print the plan; starts nothing. "
+        "Exit 2 with the offending field and its file:line for a bad file.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="experiment YAML file(s)")
+    validate.add_argument(
+        "--scale",
+        choices=("paper", "tiny"),
+        default=None,
+        help="tiny: the tiny model preset and the bundled synthetic data, one CPU worker per stage",
+    )
+    validate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted key after loading (value parsed as YAML), e.g. stages.stage1.steps=10",
+    )
+    validate.add_argument(
+        "--json",
+        action="store_true",
+        help="print the plan as one JSON object per file, one per line",
+    )
+    validate.set_defaults(func=cmd_validate)
+    _add_data_verb(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vlsa-platform`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

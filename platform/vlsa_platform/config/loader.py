@@ -1,0 +1,264 @@
+"""Read an experiment file: YAML (``safe_load`` rules) -> ``extends`` chain -> ``--scale`` -> ``--set`` -> schema.
+
+Every failure is a :class:`~.errors.ConfigError` whose lines say where (``file.yaml:LINE``, ``--set k=v`` or
+``--scale tiny``) and which field (its dotted path). Line numbers come from the nodes ``yaml.compose`` builds;
+the loader keeps, for every key of the merged mapping, the place its value was last set, so an error in a
+value inherited through ``extends`` points into the file that wrote it.
+
+``--scale tiny`` (DESIGN.md §4) swaps in the tiny model preset and the bundled synthetic data and keeps
+stages, losses, sweep, ablation and tracking as written. It also makes every stage's placement laptop-sized:
+one CPU worker, micro-batch 1, global batch :data:`TINY_GLOBAL_BATCH` (so gradient accumulation is still
+exercised), no offload; ZeRO stages and step counts stay as written. ``--set`` applies after ``--scale``, so
+``--scale tiny --set stages.stage1.placement.num_workers=2`` runs two CPU workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import ConfigError, Loc, dotted
+from .explain import explain
+from .keys import KeyIssue, check_key, deep_merge, parse_assignment, set_dotted
+from .schema import SYNTHETIC_DATASET, ExperimentConfig
+
+Scale = Literal["paper", "tiny"]
+SCALES: tuple[str, ...] = ("paper", "tiny")
+
+#: Global batch of every stage at ``--scale tiny`` (micro-batch 1 on one worker: 2 accumulation steps).
+TINY_GLOBAL_BATCH = 2
+
+Lines = dict[Loc, str]
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would write it: relative to the working directory when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def read_yaml(text: str, shown: str) -> tuple[Any, Lines]:
+    """Parse one YAML document with ``SafeLoader`` semantics; also return ``{key path: "file:LINE"}``.
+
+    Duplicate keys are an error (plain ``safe_load`` silently keeps the last one).
+    """
+    loader = yaml.SafeLoader(text)
+    lines: Lines = {(): f"{shown}:1"}
+    plain = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+
+    def build(node: yaml.Node, loc: Loc, ancestors: tuple[int, ...]) -> Any:
+        at = f"{shown}:{node.start_mark.line + 1}"
+        if type(node) in plain and node.tag != plain[type(node)]:
+            raise ConfigError(f"{at}: {dotted(loc)}: unsupported YAML tag {node.tag}")
+        if id(node) in ancestors:
+            raise ConfigError(f"{at}: {dotted(loc)}: a YAML alias that contains itself")
+        ancestors = (*ancestors, id(node))
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                here = f"{shown}:{key_node.start_mark.line + 1}"
+                if not isinstance(key, str):
+                    raise ConfigError(
+                        f"{here}: {dotted(loc)}: key {key!r} is not a name (YAML reads bare on/off/yes/no as "
+                        "booleans and bare numbers as numbers; quote it)"
+                    )
+                if key in out:
+                    raise ConfigError(f"{here}: {dotted((*loc, key))}: duplicate key")
+                lines[(*loc, key)] = here
+                out[key] = build(value_node, (*loc, key), ancestors)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                lines[(*loc, i)] = f"{shown}:{item.start_mark.line + 1}"
+                items.append(build(item, (*loc, i), ancestors))
+            return items
+        return loader.construct_object(node, deep=True)
+
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else build(node, (), ())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        what = err.problem or err.context or "syntax error"
+        raise ConfigError(f"{shown}{line}: invalid YAML: {what}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{shown}: invalid YAML: {err}") from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _forget(lines: Lines, gone: Iterable[Loc]) -> Lines:
+    """Drop the locations at or below any of ``gone``."""
+    gone = list(gone)
+    return {loc: at for loc, at in lines.items() if not any(loc[: len(g)] == g for g in gone)}
+
+
+def _read_chain(
+    path: Path, shown: str, chain: tuple[Path, ...] = ()
+) -> tuple[dict[str, Any], Lines, Path | None]:
+    """The file merged over everything it ``extends`` (transitively); also its parent's absolute path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: no such experiment file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{shown}: cannot read: {err}") from None
+    data, lines = read_yaml(text, shown)
+    if data is None:
+        raise ConfigError(
+            f"{shown}:1: the file is empty; an experiment file is a mapping (name:, data:, stages:...)"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{shown}:1: an experiment file is a mapping (name:, data:, stages:...), not a {type(data).__name__}"
+        )
+    if "extends" not in data:
+        return data, lines, None
+    parent_ref = data.pop("extends")
+    at = lines[("extends",)]
+    if not isinstance(parent_ref, str) or not parent_ref:
+        raise ConfigError(f"{at}: extends: expected the path of another experiment file")
+    parent = (path.parent / parent_ref).resolve()
+    here = (*chain, path.resolve())
+    if parent in here:
+        cycle = " -> ".join(_shown(p) for p in (*here[here.index(parent) :], parent))
+        raise ConfigError(f"{at}: extends: cycle: {cycle}")
+    if not parent.is_file():
+        raise ConfigError(f"{at}: extends: no such file: {_shown(parent)} (paths are relative to {shown})")
+    base, base_lines, _ = _read_chain(parent, _shown(parent), here)
+    replaced: list[Loc] = []
+    merged = deep_merge(base, data, replaced)
+    lines = {**_forget(base_lines, replaced), **{k: v for k, v in lines.items() if k != ("extends",)}}
+    return merged, lines, parent
+
+
+def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """``parent[key]`` when it is (or, absent, becomes) a mapping; None when it holds something else."""
+    if key not in parent:
+        parent[key] = {}
+    value = parent[key]
+    return value if isinstance(value, dict) else None
+
+
+def apply_scale(raw: dict[str, Any], lines: Lines, scale: Scale) -> None:
+    """Rewrite ``raw`` in place for ``scale`` (``paper`` leaves the file as written)."""
+    if scale not in SCALES:
+        raise ConfigError(f"--scale {scale}: expected one of {', '.join(SCALES)}")
+    if scale == "paper":
+        return
+    origin = f"--scale {scale}"
+    changed: list[Loc] = []
+
+    def put(node: dict[str, Any], loc: Loc, key: str, value: Any) -> None:
+        node[key] = value
+        changed.append((*loc, key))
+
+    def drop(node: dict[str, Any], loc: Loc, key: str) -> None:
+        if node.pop(key, None) is not None:
+            changed.append((*loc, key))
+
+    model = _mapping(raw, "model")
+    if model is not None:
+        put(model, ("model",), "preset", "tiny")
+        drop(model, ("model",), "weights")  # random weights: nothing to download
+        drop(model, ("model",), "recon_resolution")  # the tiny preset's default
+    data = _mapping(raw, "data")
+    if data is not None:
+        drop(data, ("data",), "root")
+        datasets = data.get("datasets")
+        if isinstance(datasets, dict):
+            for name in datasets:
+                put(datasets, ("data", "datasets"), name, {"path": SYNTHETIC_DATASET})
+    stages = raw.get("stages")
+    if isinstance(stages, dict):
+        for name, stage in stages.items():
+            if not isinstance(stage, dict):
+                continue
+            placement = _mapping(stage, "placement")
+            if placement is None:
+                continue
+            loc = ("stages", name, "placement")
+            for key, value in {
+                "accelerator_type": None,
+                "use_gpu": False,
+                "num_workers": 1,
+                "offload": "none",
+                "micro_batch": 1,
+                "grad_accum": None,
+                "global_batch": TINY_GLOBAL_BATCH,
+            }.items():
+                put(placement, loc, key, value)
+    kept = _forget(lines, changed)
+    lines.clear()
+    lines.update(kept)
+    lines.update(dict.fromkeys(changed, origin))
+
+
+def apply_overrides(raw: dict[str, Any], lines: Lines, overrides: Iterable[str]) -> None:
+    """Apply ``--set key=value`` items to ``raw`` in place (values are YAML: ``10`` is an int, ``off`` False)."""
+    for item in overrides:
+        origin = f"--set {item}"
+        try:
+            loc, value = parse_assignment(item)
+            check_key(ExperimentConfig, raw, loc)
+        except KeyIssue as issue:
+            message = issue.message if issue.message.startswith("--set") else f"{origin}: {issue.message}"
+            raise ConfigError(message) from None
+        set_dotted(raw, loc, value)
+        kept = _forget(lines, [loc])
+        lines.clear()
+        lines.update(kept)
+        lines[loc] = origin
+
+
+def _locator(lines: Mapping[Loc, str]) -> Any:
+    def where(loc: Loc) -> str:
+        for i in range(len(loc), -1, -1):
+            if loc[:i] in lines:
+                return lines[loc[:i]]
+        return lines[()]
+
+    return where
+
+
+def load_experiment(
+    path: str | os.PathLike[str], scale: Scale | None = None, overrides: Iterable[str] = ()
+) -> ExperimentConfig:
+    """Load, merge, scale, override and validate an experiment file.
+
+    Args:
+        path: the YAML file.
+        scale: ``tiny`` swaps in the tiny preset and the bundled synthetic data (see the module docs);
+            ``paper`` or ``None`` keeps the file as written.
+        overrides: ``key=value`` items (``--set``), applied last, in order.
+
+    Raises:
+        ConfigError: with one ``WHERE: FIELD: WHAT`` line per problem.
+    """
+    file = Path(path)
+    raw, lines, parent = _read_chain(file, str(path))
+    if scale is not None:
+        apply_scale(raw, lines, scale)
+    apply_overrides(raw, lines, overrides)
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(explain(err, ExperimentConfig, _locator(lines))) from None
+    config.extends = str(parent) if parent is not None else None
+    return config
+
+
+__all__ = ["SCALES", "TINY_GLOBAL_BATCH", "apply_overrides", "apply_scale", "load_experiment", "read_yaml"]

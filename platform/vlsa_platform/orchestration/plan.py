@@ -1,0 +1,198 @@
+"""The plan of an experiment: which runs, which stages, what trains, how big, where (DESIGN.md §4).
+
+``build_plan(config)`` is what ``vlsa-platform validate`` prints and what ``submit --dry-run`` will print; the
+orchestration uses :func:`expand_runs` to start the same runs. Planning needs no Ray, no data and no weights:
+parameter counts come from the model built on PyTorch's ``meta`` device from the bundled preset configs.
+
+The JSON shape (fixed keys; extra keys may be added, never renamed)::
+
+    {"experiment", "kind", "scale",
+     "runs": [{"name", "variant", "visual_tokens_per_image",
+               "stages": [{"name", "trainable", "params_total", "params_trainable",
+                           "loss": {"llm_weight", "rec_weight"},
+                           "placement": {"accelerator_type", "num_workers", "zero_stage",
+                                         "micro_batch", "grad_accum", "global_batch"}}]}],
+     "search_space", "num_trials"}
+
+Extra keys: per run ``label``, ``model`` (the switches), ``param_counts`` by part; per stage ``steps``
+(estimated from ``epochs`` when every dataset's ``num_samples`` is known, else null), ``epochs``,
+``lr`` by trainable part, ``mixture``, ``warnings`` (e.g. settings the memory estimate says do not fit); in
+``loss`` the in-stage ``schedule``; in ``placement`` ``use_gpu``, ``offload``, ``derived`` (the fields the file
+left open), ``memory_gib_per_gpu`` with its ``memory_breakdown_gib``, ``host_gib_per_gpu`` (offloaded
+states), ``accelerator_memory_gib``, ``fits`` and ``hourly_usd`` (all workers).
+
+Placement fields the file leaves null are derived from the accelerator class of the stage
+(:mod:`vlsa_platform.cluster`): ZeRO stage and offload from the memory the stage needs, micro-batch from
+memory, accumulation from the global batch. ``global_batch`` and ``num_workers`` are never changed, and
+``steps`` depends only on the global batch, so a stage follows the same schedule on every class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..cluster import AcceleratorTable, ModelDims, accelerator_for, derive_placement, stage_needs
+from ..config.errors import ConfigError
+from ..config.schema import ExperimentConfig, StageConfig, sampled_size
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One child run of a submission: an ablation variant, the sweep's trial template, or the single run."""
+
+    name: str
+    """Run name (the variant key; ``trial`` for a sweep; ``main`` for a single run)."""
+    variant: str | None
+    """Ablation variant key (the MLflow tag ``vlsa.variant``); ``None`` unless an ablation."""
+    label: str
+    """Display name, e.g. ``(1) anyres``."""
+    config: ExperimentConfig
+    """The run's config: for a variant, its switches applied and ``ablation`` removed."""
+
+
+def expand_runs(config: ExperimentConfig) -> list[PlannedRun]:
+    """The runs a submission of ``config`` starts (a sweep's trials are all shaped like its one template)."""
+    if config.ablation is not None:
+        return [
+            PlannedRun(name, name, variant.label or name, config.variant(name))
+            for name, variant in config.ablation.variants.items()
+        ]
+    if config.sweep is not None:
+        return [PlannedRun("trial", None, "trial", config)]
+    return [PlannedRun("main", None, config.name, config)]
+
+
+def _model_numbers(config: ExperimentConfig) -> tuple[dict[str, tuple[int, int]], int, ModelDims]:
+    """``(parameter counts by part, visual tokens per image, dimensions)`` from the model side (counts from the
+    meta device, cached; dimensions read off the config)."""
+    from ..model.accounting import parameter_counts, visual_tokens_per_image
+    from ..model.lora import LoraSettings
+    from ..model.presets import build_vlsa_config, vq_config
+
+    model = config.model
+    extra_vocab = 0
+    if model.cognition and config.data.cognition.vq_format == "special":
+        extra_vocab = int(vq_config(model.preset)["num_vq_embeddings"])  # one added token per VQ code
+    lora = None
+    if model.lora.enabled:
+        lora = LoraSettings(
+            r=model.lora.r,
+            alpha=model.lora.alpha,
+            dropout=model.lora.dropout,
+            target_modules=tuple(model.lora.target_modules),
+        )
+    try:
+        vlsa = build_vlsa_config(
+            model.preset,
+            vision=model.vision,
+            recon=model.recon,
+            max_grid=tuple(model.max_grid),
+            recon_resolution=model.recon_resolution,
+            extra_vocab=extra_vocab,
+        )
+        return parameter_counts(vlsa, lora), visual_tokens_per_image(vlsa), ModelDims.from_vlsa_config(vlsa)
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+def _steps(config: ExperimentConfig, stage: StageConfig) -> int | None:
+    """Optimizer steps of a stage: as written, or ``epochs`` x mixture size / global batch when sizes are known."""
+    if stage.steps is not None:
+        return stage.steps
+    examples = 0.0
+    for entry in stage.mixture:
+        available = config.data.datasets[entry.dataset].num_samples
+        if available is None:
+            return None
+        examples += entry.weight * sampled_size(entry.sampling, available)
+    assert stage.epochs is not None
+    return max(1, math.ceil(stage.epochs * examples / stage.placement.global_batch))
+
+
+def plan_run(run: PlannedRun) -> dict[str, Any]:
+    """One entry of the plan's ``runs``."""
+    config = run.config
+    model = config.model
+    counts, visual_tokens, dims = _model_numbers(config)
+    table = AcceleratorTable.from_config(config.cluster)
+    params_total = sum(total for total, _ in counts.values())
+    stages = []
+    for name, stage in config.stages.items():
+        trainable = [part for part in stage.trainable if part in counts]
+        assert stage.loss.schedule is not None and stage.loss.llm_weight is not None
+        rec_weight = stage.loss.rec_weight if model.recon else 0.0
+        where = f"stages.{name}.placement"
+        needs = stage_needs(
+            dims,
+            counts,
+            trainable,
+            # worst case: every sample as long as truncation allows (visual tokens included)
+            sequence_length=max(config.data.max_length, visual_tokens + 1),
+            checkpointing=model.gradient_checkpointing,
+            eager_attention=model.attn_implementation == "eager",
+            llm_weight=stage.loss.llm_weight,
+            rec_weight=rec_weight or 0.0,
+        )
+        placement = derive_placement(
+            stage.placement, accelerator_for(stage.placement, table, where), needs, where=where
+        )
+        stages.append(
+            {
+                "name": name,
+                "trainable": trainable,
+                "params_total": params_total,
+                "params_trainable": sum(counts[part][1] for part in trainable),
+                "loss": {
+                    "llm_weight": stage.loss.llm_weight,
+                    "rec_weight": rec_weight,
+                    "schedule": stage.loss.schedule.model_dump(mode="json"),
+                },
+                "placement": placement.as_plan(),
+                "steps": _steps(config, stage),
+                "epochs": stage.epochs,
+                "lr": {part: stage.lr.for_part(part) for part in trainable},
+                "mixture": [entry.model_dump(mode="json") for entry in stage.mixture],
+                "warnings": list(placement.warnings),
+            }
+        )
+    return {
+        "name": run.name,
+        "variant": run.variant,
+        "label": run.label,
+        "model": {
+            "preset": model.preset,
+            "vision": model.vision,
+            "recon": model.recon,
+            "cognition": model.cognition,
+            "lora": model.lora.enabled,
+        },
+        "visual_tokens_per_image": visual_tokens,
+        "param_counts": {
+            part: {"params": total, "trainable": trained} for part, (total, trained) in counts.items()
+        },
+        "stages": stages,
+    }
+
+
+def build_plan(config: ExperimentConfig) -> dict[str, Any]:
+    """The plan as a JSON-able dict (DESIGN.md §4). Raises ``ConfigError`` if the model side rejects a variant."""
+    runs = expand_runs(config)
+    if config.sweep is not None:
+        search_space = {key: domain.describe() for key, domain in config.sweep.search_space.items()}
+        num_trials = config.sweep.num_trials
+    else:
+        search_space = None
+        num_trials = len(runs)
+    return {
+        "experiment": config.name,
+        "kind": config.kind,
+        "scale": config.model.preset,
+        "runs": [plan_run(run) for run in runs],
+        "search_space": search_space,
+        "num_trials": num_trials,
+    }
+
+
+__all__ = ["PlannedRun", "build_plan", "expand_runs", "plan_run"]

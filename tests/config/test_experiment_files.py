@@ -1,0 +1,85 @@
+"""Every shipped experiment file validates, at paper scale and at ``--scale tiny``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlsa_platform.config import load_experiment
+from vlsa_platform.config.schema import SYNTHETIC_DATASET
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+FILES = sorted(EXPERIMENTS.glob("*.yaml"))
+KINDS = {
+    "vlsa_paper.yaml": "single",
+    "ablation.yaml": "ablation",
+    "loss_ratio_sweep.yaml": "sweep",
+    "stage_mixing_sweep.yaml": "sweep",
+}
+
+
+def test_the_four_files_are_shipped():
+    assert set(KINDS) <= {f.name for f in FILES}
+
+
+@pytest.mark.parametrize("scale", [None, "tiny"])
+@pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
+def test_experiment_file_validates(path, scale):
+    config = load_experiment(path, scale=scale)
+    assert config.kind == KINDS.get(path.name, config.kind)
+    assert config.model.preset == (scale or "paper")
+    assert list(config.stages) == ["stage1", "stage2", "stage3"]
+    if scale == "tiny":
+        assert {d.path for d in config.data.datasets.values()} == {SYNTHETIC_DATASET}
+    for name in config.ablation.variants if config.ablation else ():
+        config.variant(name)
+
+
+def test_paper_recipe():
+    config = load_experiment(EXPERIMENTS / "vlsa_paper.yaml")
+    model = config.model
+    assert (model.vision, model.recon, model.cognition) == ("sa_perceiver", True, True)
+    stages = config.stages
+    assert stages["stage1"].trainable == ["sa_perceiver", "projector", "epigone"]
+    assert set(stages["stage2"].trainable) == {
+        "sa_perceiver",
+        "projector",
+        "epigone",
+        "denoiser",
+        "vision_encoder",
+    }
+    assert len(stages["stage3"].trainable) == 6
+    assert [s.mixture[0].dataset for s in stages.values()] == ["llava_pretrain", "llavar", "llava_next"]
+    assert [s.placement.global_batch for s in stages.values()] == [256, 128, 128]
+    assert all(s.loss.llm_weight == s.loss.rec_weight == 1.0 for s in stages.values())
+
+
+def test_ablation_variants_are_table_3():
+    config = load_experiment(EXPERIMENTS / "ablation.yaml")
+    switches = {
+        name: (v.switches()["vision"], v.switches()["recon"], v.switches()["cognition"])
+        for name, v in config.ablation.variants.items()
+    }
+    assert list(switches.values()) == [
+        ("anyres", False, False),
+        ("lowres", False, False),
+        ("sa_perceiver", False, False),
+        ("sa_perceiver", True, False),
+        ("anyres", False, True),
+        ("sa_perceiver", True, True),
+    ]
+
+
+def test_sweeps():
+    ratio = load_experiment(EXPERIMENTS / "loss_ratio_sweep.yaml")
+    assert ratio.sweep.num_trials == 4 and ratio.sweep.scheduler.kind == "asha"
+    trial = ratio.trial({"loss.rec_weight": 0.3})
+    assert {s.loss.rec_weight for s in trial.stages.values()} == {0.3}
+    assert trial.kind == "single" and trial.sweep is None
+    mixing = load_experiment(EXPERIMENTS / "stage_mixing_sweep.yaml")
+    trial = mixing.with_values(
+        {"stages.stage3.loss.rec_weight": 0.0, "stages.stage2.mixture": "llavar_with_captions"}
+    )
+    assert trial.stages["stage3"].loss.rec_weight == 0.0 and trial.stages["stage1"].loss.rec_weight == 1.0
+    assert [m.dataset for m in trial.stages["stage2"].mixture] == ["llavar", "llava_pretrain"]
