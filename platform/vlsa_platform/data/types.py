@@ -21,7 +21,7 @@ SKIP_REASONS: dict[str, str] = {
     "image_placeholder": "the <image> placeholder is missing from, or repeated in, an image record",
     "missing_image": "the image file does not exist",
     "unreadable_image": "the image cannot be decoded (corrupt or truncated)",
-    "empty_image": "the image has a zero width or height",
+    "empty_image": "the image file is empty, or the image has a zero width or height",
     "image_too_large": "the image has more pixels than the limit",
     "too_long": "the sample cannot fit max_length even after truncating its text",
 }
@@ -65,3 +65,52 @@ class Skip:
     id: str | None
     reason: str
     detail: str = ""
+
+
+class BadSample(Exception):
+    """A record or its image cannot be used. ``reason`` is a key of :data:`SKIP_REASONS`.
+
+    Raised by the readers and by ``records.load_image`` (which knows only the image, so ``dataset``,
+    ``index`` and ``id`` are filled in later with :meth:`for_record`). With ``on_bad_sample: fail`` it stops
+    the run; with ``skip`` it becomes a :class:`Skip` (:meth:`to_skip`).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str = "",
+        *,
+        dataset: str | None = None,
+        index: int | None = None,
+        id: str | None = None,
+    ) -> None:
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; expected one of {sorted(SKIP_REASONS)}")
+        self.reason = reason
+        self.detail = detail
+        self.dataset = dataset
+        self.index = index
+        self.id = id
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = []
+        if self.dataset is not None:
+            where.append(f"dataset {self.dataset!r}")
+        if self.index is not None:
+            where.append(f"record {self.index}")
+        if self.id is not None:
+            where.append(f"(id {self.id!r})")
+        head = " ".join(where)
+        text = f"{self.reason}: {SKIP_REASONS[self.reason]}" + (f" — {self.detail}" if self.detail else "")
+        return f"{head}: {text}" if head else text
+
+    def for_record(self, dataset: str, index: int, id: str | None) -> BadSample:
+        """The same error, naming the record it belongs to."""
+        return BadSample(self.reason, self.detail, dataset=dataset, index=index, id=id)
+
+    def to_skip(self) -> Skip:
+        """The :class:`Skip` this error becomes under ``on_bad_sample: skip``."""
+        return Skip(
+            self.dataset or "", -1 if self.index is None else self.index, self.id, self.reason, self.detail
+        )

@@ -1,0 +1,381 @@
+"""The bundled synthetic dataset (``bundled:synthetic``): small enough for a 2-core CPU, learnable by the tiny
+preset (CLIP-like tower at 112 px, 2-layer 64-wide LLaMA, 1024-token vocabulary).
+
+What it holds, in the published LLaVA format (read back by :mod:`records`, nothing special):
+
+- **Shape scenes**: a plain light background, 112-224 px on each side, with 1-3 shapes of distinct kinds
+  (circle, square, triangle), distinct colours (red, green, blue, yellow, purple, orange) and distinct
+  positions (left, right, top, bottom, center: anchors at 20 % / 50 % / 80 % of the width or height). Each
+  scene is one record:
+
+  - a caption, pretrain-style: ``<image>\\nDescribe the image.`` -> ``A red circle on the left and a blue
+    square at the top.`` (some prompts put ``<image>`` after the text, as in LLaVA-Pretrain);
+  - a question with a short exact-match answer: colour of a shape (``red``), number of shapes (``2``),
+    position of a shape (``left``), which shape has a colour (``circle``), is there a shape (``yes``/``no``);
+  - a multi-turn conversation of 2-3 such questions.
+
+- **Photographs** shipped with scikit-image (``skimage.data``: astronaut, coffee, chelsea, …, all in its wheel,
+  no download), as random crops at most 224 px, captioned generically: real images for the reconstruction loss.
+- **Text-only** questions (a few per cent), as LLaVA's instruction mix has.
+
+``val.json`` is held out: its scenes (the set of shape/colour/position triples) never occur in
+``train.json``, its photographs are others, its text-only questions are others. Images live under
+``images/shapes/`` and ``images/photos/`` (sub-folders exercise real datasets' paths). Everything is
+deterministic for a seed, down to the PNG bytes.
+
+:func:`bundled_synthetic` generates it once into the cache (``$VLSA_CACHE_DIR`` or ``~/.cache/vlsa-platform``,
+under ``synthetic-v<VERSION>``) and reuses it; concurrent workers race safely (each writes a temporary folder,
+the first rename wins).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from .. import storage
+
+__all__ = [
+    "COLORS",
+    "POSITIONS",
+    "SHAPES",
+    "SYNTHETIC_VERSION",
+    "Scene",
+    "Shape",
+    "bundled_synthetic",
+    "draw_scene",
+    "write_synthetic",
+]
+
+#: Bump when the generator's output changes: the cache folder is named after it.
+SYNTHETIC_VERSION = 1
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (40, 70, 220),
+    "yellow": (240, 200, 20),
+    "purple": (140, 50, 180),
+    "orange": (245, 130, 20),
+}
+#: Position name -> anchor (fraction of width, fraction of height).
+POSITIONS: dict[str, tuple[float, float]] = {
+    "left": (0.2, 0.5),
+    "right": (0.8, 0.5),
+    "top": (0.5, 0.2),
+    "bottom": (0.5, 0.8),
+    "center": (0.5, 0.5),
+}
+_PLACE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+_PLACE["center"] = "in the center"
+_SIDES = (112, 168, 224)
+_NUMBER = {1: "one", 2: "two", 3: "three"}
+
+_CAPTION_PROMPTS = (
+    "Describe the image.",
+    "Give a short caption for the image.",
+    "What do you see in this image?",
+    "Write one sentence that describes the scene.",
+)
+
+#: scikit-image's bundled photographs (in the wheel, no download) and their generic captions.
+_PHOTOS: dict[str, str] = {
+    "astronaut": "A picture of an astronaut.",
+    "coffee": "A picture of a cup of coffee.",
+    "chelsea": "A picture of a cat.",
+    "camera": "A black and white picture of a man with a camera.",
+    "hubble_deep_field": "A picture of stars and galaxies in space.",
+    "immunohistochemistry": "A microscope picture of cells.",
+    "colorwheel": "A picture of a color wheel.",
+    "logo": "A picture of a logo.",
+    "page": "A picture of a page of text.",
+    "brick": "A picture of a brick wall.",
+    "grass": "A picture of grass.",
+    "moon": "A gray picture of the surface of the moon.",
+    "clock": "A picture of a clock.",
+    "retina": "A picture of the back of an eye.",
+    "coins": "A gray picture of old coins.",
+    "text": "A picture of text on a sign.",
+    "rocket": "A picture of a rocket.",
+    "gravel": "A picture of gravel.",
+}
+_VAL_PHOTOS = ("retina", "coins", "text", "rocket", "gravel")
+
+#: Text-only questions with exact answers; the last ones are held out for validation.
+_TEXT_QA: tuple[tuple[str, str], ...] = (
+    ("How many sides does a triangle have?", "3"),
+    ("How many sides does a square have?", "4"),
+    ("How many corners does a triangle have?", "3"),
+    ("Is a circle round?", "yes"),
+    ("Is a square round?", "no"),
+    ("What color do you get when you mix blue and yellow?", "green"),
+    ("What color do you get when you mix red and yellow?", "orange"),
+    ("What color do you get when you mix red and blue?", "purple"),
+    ("Which shape has three sides?", "triangle"),
+    ("Which shape has no corners?", "circle"),
+    ("How many corners does a square have?", "4"),
+    ("Is a triangle round?", "no"),
+)
+_VAL_TEXT = 3
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape of a scene."""
+
+    kind: str
+    color: str
+    position: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A synthetic image: canvas size, background grey level and its shapes (distinct kinds, colours and
+    positions)."""
+
+    width: int
+    height: int
+    background: int
+    shapes: tuple[Shape, ...]
+    jitter: tuple[tuple[float, float, float], ...]
+    """Per shape: (dx, dy) offset of the centre as a fraction of the side, and the size factor."""
+
+    @property
+    def signature(self) -> frozenset[Shape]:
+        """What the questions can tell apart: scenes with the same signature are the same for the answers."""
+        return frozenset(self.shapes)
+
+
+def _random_scene(rng: random.Random) -> Scene:
+    k = rng.choices((1, 2, 3), weights=(0.25, 0.4, 0.35))[0]
+    kinds = rng.sample(SHAPES, k)
+    colors = rng.sample(list(COLORS), k)
+    places = rng.sample(list(POSITIONS), k)
+    shapes = tuple(Shape(*t) for t in zip(kinds, colors, places, strict=True))
+    jitter = tuple(
+        (rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), rng.uniform(0.11, 0.15)) for _ in shapes
+    )
+    return Scene(rng.choice(_SIDES), rng.choice(_SIDES), rng.randint(225, 250), shapes, jitter)
+
+
+def draw_scene(scene: Scene) -> Image.Image:
+    """Render a scene (RGB). Shapes of radius 11-15 % of the short side around anchors 30 % of a side apart
+    never overlap."""
+    img = Image.new("RGB", (scene.width, scene.height), (scene.background,) * 3)
+    draw = ImageDraw.Draw(img)
+    short = min(scene.width, scene.height)
+    for shape, (dx, dy, size) in zip(scene.shapes, scene.jitter, strict=True):
+        fx, fy = POSITIONS[shape.position]
+        cx, cy = (fx + dx) * scene.width, (fy + dy) * scene.height
+        r = size * short
+        fill = COLORS[shape.color]
+        if shape.kind == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif shape.kind == "square":
+            s = r * 0.9  # same visual weight as the circle
+            draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
+        else:
+            draw.polygon(
+                ((cx, cy - r), (cx + r * 0.95, cy + r * 0.75), (cx - r * 0.95, cy + r * 0.75)), fill=fill
+            )
+    return img
+
+
+def _caption(scene: Scene) -> str:
+    parts = [f"a {s.color} {s.kind} {_PLACE[s.position]}" for s in scene.shapes]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def _questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """All questions a scene answers, shuffled (short exact-match answers)."""
+    present = {s.kind for s in scene.shapes}
+    qa: list[tuple[str, str]] = [("How many shapes are there?", str(len(scene.shapes)))]
+    for s in scene.shapes:
+        qa.append((f"What color is the {s.kind}?", s.color))
+        qa.append((f"Where is the {s.kind}?", s.position))
+        qa.append((f"Which shape is {s.color}?", s.kind))
+        qa.append((f"What shape is {_PLACE[s.position]}?", s.kind))
+    kind = rng.choice(SHAPES)
+    qa.append((f"Is there a {kind}?", "yes" if kind in present else "no"))
+    rng.shuffle(qa)
+    return qa
+
+
+def _with_image(prompt: str, rng: random.Random, after: float = 0.0) -> str:
+    """The first user turn: ``<image>\\n`` before the text, or (with probability ``after``) after it."""
+    return f"{prompt}\n<image>" if rng.random() < after else f"<image>\n{prompt}"
+
+
+def _conversation(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
+    kind = rng.random()
+    if kind < 0.3:  # caption
+        prompt = _with_image(rng.choice(_CAPTION_PROMPTS), rng, after=0.2)
+        return [{"from": "human", "value": prompt}, {"from": "gpt", "value": _caption(scene)}]
+    qa = _questions(scene, rng)
+    rounds = 1 if kind < 0.75 else rng.choice((2, 3))
+    turns = []
+    for i, (q, a) in enumerate(qa[:rounds]):
+        turns.append({"from": "human", "value": _with_image(q, rng) if i == 0 else q})
+        turns.append({"from": "gpt", "value": a})
+    return turns
+
+
+def _photo(name: str) -> Image.Image:
+    import skimage.data
+
+    array = getattr(skimage.data, name)()
+    img = Image.fromarray(array)
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def _crop(img: Image.Image, rng: random.Random, max_side: int = 224) -> Image.Image:
+    """A random crop of 50-100 % of each side, resized to at most ``max_side`` (at least 112 on the long side)."""
+    w, h = img.size
+    cw, ch = round(w * rng.uniform(0.5, 1.0)), round(h * rng.uniform(0.5, 1.0))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    crop = img.crop((x, y, x + cw, y + ch))
+    scale = rng.choice((112, 168, 224)) / max(cw, ch)
+    size = (max(16, round(cw * scale)), max(16, round(ch * scale)))
+    return crop.resize(size, Image.Resampling.BICUBIC)
+
+
+def _save(img: Image.Image, out_dir: Path, rel: str) -> str:
+    path = out_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG", compress_level=1)  # no timestamps in PNGs: identical bytes for a seed
+    return rel
+
+
+def _split(
+    out_dir: Path,
+    split: str,
+    num: int,
+    rng: random.Random,
+    scene_ok: Callable[[Scene], bool],
+    photos: tuple[str, ...],
+    crops_per_photo: int,
+    text_qa: tuple[tuple[str, str], ...],
+) -> tuple[list[dict[str, Any]], set[frozenset[Shape]]]:
+    num_text = max(1, round(0.04 * num)) if num >= 10 else 0
+    num_photo = min(len(photos) * crops_per_photo, round(0.065 * num))
+    num_shapes = num - num_text - num_photo
+    records: list[dict[str, Any]] = []
+    signatures: set[frozenset[Shape]] = set()
+
+    for i in range(num_shapes):
+        scene = _random_scene(rng)
+        while not scene_ok(scene):
+            scene = _random_scene(rng)
+        signatures.add(scene.signature)
+        rel = _save(draw_scene(scene), out_dir, f"images/shapes/{split}_{i:05d}.png")
+        records.append(
+            {"id": f"synthetic-{split}-{i:05d}", "image": rel, "conversations": _conversation(scene, rng)}
+        )
+
+    cache: dict[str, Image.Image] = {}
+    for i in range(num_photo):
+        name = photos[i % len(photos)]
+        if name not in cache:
+            cache[name] = _photo(name)
+        rel = _save(_crop(cache[name], rng), out_dir, f"images/photos/{split}_{name}_{i // len(photos)}.png")
+        prompt = _with_image(rng.choice(_CAPTION_PROMPTS), rng, after=0.2)
+        conversation = [{"from": "human", "value": prompt}, {"from": "gpt", "value": _PHOTOS[name]}]
+        records.append(
+            {"id": f"synthetic-{split}-photo-{i:03d}", "image": rel, "conversations": conversation}
+        )
+
+    for i in range(num_text):
+        q, a = text_qa[i % len(text_qa)]
+        conversation = [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        records.append({"id": f"synthetic-{split}-text-{i:03d}", "conversations": conversation})
+
+    rng.shuffle(records)
+    return records, signatures
+
+
+def write_synthetic(
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    num_train: int = 600,
+    num_val: int = 100,
+    crops_per_photo: int = 3,
+) -> Path:
+    """Write the synthetic dataset (``train.json``, ``val.json``, ``images/…``) under ``out_dir``.
+
+    Deterministic for ``(seed, num_train, num_val, crops_per_photo)``. The default size takes about a second.
+    Returns ``out_dir``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_photos = tuple(p for p in _PHOTOS if p not in _VAL_PHOTOS)
+    train_text, val_text = _TEXT_QA[:-_VAL_TEXT], _TEXT_QA[-_VAL_TEXT:]
+
+    train, seen = _split(
+        out,
+        "train",
+        num_train,
+        random.Random(f"{seed}:train"),
+        lambda s: True,
+        train_photos,
+        crops_per_photo,
+        train_text,
+    )
+    val, _ = _split(
+        out,
+        "val",
+        num_val,
+        random.Random(f"{seed}:val"),
+        lambda s: s.signature not in seen,  # held out: no scene the training split has
+        _VAL_PHOTOS,
+        1,
+        val_text,
+    )
+    for name, records in (("train.json", train), ("val.json", val)):
+        (out / name).write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+_MARKER = ".complete"
+
+
+def bundled_synthetic(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of the bundled synthetic dataset, generated on first use (what ``bundled:synthetic`` means).
+
+    Lives in ``<cache_dir or storage.default_cache_dir()>/synthetic-v<SYNTHETIC_VERSION>``. Written into a
+    temporary sibling folder and renamed into place, so concurrent workers never see a half-written dataset:
+    the first rename wins and the others discard theirs.
+    """
+    base = Path(cache_dir) if cache_dir is not None else storage.default_cache_dir()
+    target = base / f"synthetic-v{SYNTHETIC_VERSION}"
+    if (target / _MARKER).is_file():
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".synthetic-v{SYNTHETIC_VERSION}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        write_synthetic(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"version": SYNTHETIC_VERSION}) + "\n")
+        if target.exists() and not (target / _MARKER).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # left by an older, interrupted layout
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _MARKER).is_file():  # not another worker's complete copy: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
