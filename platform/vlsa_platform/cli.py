@@ -32,6 +32,14 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     ]
 
 
+def _memory(place: dict[str, Any]) -> str:
+    """``"61.2/80 GiB"`` (estimate / card) on an accelerator class, ``"-"`` without one."""
+    if place.get("accelerator_memory_gib") is None or place.get("memory_gib_per_gpu") is None:
+        return "-"
+    fits = "" if place.get("fits") is not False else " (does not fit)"
+    return f"{place['memory_gib_per_gpu']:.1f}/{place['accelerator_memory_gib']:g} GiB{fits}"
+
+
 def render_plan(plan: dict[str, Any], source: str) -> str:
     """The plan as a compact, human-readable table."""
     lines = [
@@ -49,8 +57,12 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
         lines.append(
             f"  run {run['label']}  [{' + '.join(flags)}]  {run['visual_tokens_per_image']} visual tokens/image"
         )
-        rows = [["stage", "trainable", "params", "trained", "loss llm/rec", "steps", "placement"]]
+        rows = [
+            ["stage", "trainable", "params", "trained", "loss llm/rec", "steps", "placement", "memory/GPU"]
+        ]
+        notes = []
         for stage in run["stages"]:
+            notes.extend(f"    ! {stage['name']}: {warning}" for warning in stage.get("warnings", []))
             place = stage["placement"]
             where = f"{place['num_workers']}x{place['accelerator_type'] or ('GPU' if place['use_gpu'] else 'CPU')}"
             offload = f" offload={place['offload']}" if place["offload"] != "none" else ""
@@ -64,9 +76,11 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
                     "?" if stage["steps"] is None else str(stage["steps"]),
                     f"{where} zero{place['zero_stage']}{offload} "
                     f"batch {place['micro_batch']}x{place['num_workers']}x{place['grad_accum']}={place['global_batch']}",
+                    _memory(place),
                 ]
             )
         lines.extend(_table(rows, indent="    "))
+        lines.extend(notes)
     return "\n".join(lines)
 
 

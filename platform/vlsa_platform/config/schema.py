@@ -406,8 +406,11 @@ class LearningRates(_Model):
 
 
 class Placement(_Model):
-    """Where and how wide a stage runs. ``null`` fields are derived: ``zero_stage`` 2 (3 with parameter offload),
-    ``micro_batch`` 1, ``grad_accum = global_batch / (micro_batch x num_workers)`` — which must be whole."""
+    """Where and how wide a stage runs. ``null`` fields are derived by the plan (``vlsa_platform.cluster``): on an
+    accelerator class, the lowest ZeRO stage (then offload) whose per-GPU memory estimate fits, then the largest
+    power-of-two micro-batch that fits; with no class (CPU), ZeRO-2 and micro-batch 1. In every case
+    ``grad_accum = global_batch / (micro_batch x num_workers)``, which must be whole, so the optimisation is the
+    same on any class."""
 
     accelerator_type: str | None = None
     """Ray accelerator type of the workers (``A10G``, ``A100-80G``, ``H100``...); ``null`` = any (or CPU)."""
@@ -416,11 +419,12 @@ class Placement(_Model):
     num_workers: PositiveInt = 1
     """Data-parallel workers (one GPU each)."""
     zero_stage: Literal[0, 1, 2, 3] | None = None
-    """DeepSpeed ZeRO stage; ``null`` = 2 (3 when ``offload`` includes parameters)."""
+    """DeepSpeed ZeRO stage; ``null`` = derived from the memory the stage needs (2 on CPU)."""
     offload: Literal["none", "optimizer", "optimizer_and_params"] | None = None
-    """DeepSpeed CPU offload; ``null`` = ``none``. Parameter offload needs ZeRO-3, optimizer offload ZeRO >= 1."""
+    """DeepSpeed CPU offload; ``null`` = derived (``none`` unless nothing fits without it). Parameter offload
+    needs ZeRO-3, optimizer offload ZeRO >= 1."""
     micro_batch: PositiveInt | None = None
-    """Samples per worker per forward pass; ``null`` = 1."""
+    """Samples per worker per forward pass; ``null`` = the largest power of two that fits (1 on CPU)."""
     grad_accum: PositiveInt | None = None
     """Gradient-accumulation steps; ``null`` = derived from the other three."""
     global_batch: PositiveInt
@@ -428,7 +432,16 @@ class Placement(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Placement:
-        derive_grad_accum(self.global_batch, self.micro_batch or 1, self.num_workers, self.grad_accum)
+        if self.micro_batch is not None:
+            derive_grad_accum(self.global_batch, self.micro_batch, self.num_workers, self.grad_accum)
+        elif self.global_batch % (self.num_workers * (self.grad_accum or 1)):
+            given = f"num_workers {self.num_workers}" + (
+                f" x grad_accum {self.grad_accum}" if self.grad_accum else ""
+            )
+            raise FieldIssue(
+                ("global_batch",),
+                f"global_batch {self.global_batch} is not a multiple of {given}, so no whole micro-batch gives it",
+            )
         if self.zero_stage is not None:
             if self.offload == "optimizer_and_params" and self.zero_stage != 3:
                 raise FieldIssue(("offload",), "parameter offload needs zero_stage 3")
