@@ -287,3 +287,15 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path):
     write(tmp_path, "x.yaml", text)
     placement = load_experiment("x.yaml").stages["s2"].placement
     assert (placement.num_workers, placement.micro_batch, placement.global_batch) == (2, 2, 8)
+
+
+def test_tiny_scale_validates_on_the_bundled_held_out_split():
+    from pathlib import Path
+
+    from vlsa_platform.config.loader import TINY_VALIDATION_DATASET, load_experiment
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_experiment(repo / "experiments" / "loss_ratio_sweep.yaml", scale="tiny")
+    assert cfg.data.validation.dataset == TINY_VALIDATION_DATASET
+    assert cfg.data.validation.holdout is False
+    assert cfg.data.datasets[TINY_VALIDATION_DATASET].split == "val"

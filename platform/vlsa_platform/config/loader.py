@@ -30,6 +30,9 @@ from .schema import SYNTHETIC_DATASET, ExperimentConfig
 Scale = Literal["paper", "tiny"]
 SCALES: tuple[str, ...] = ("paper", "tiny")
 
+#: Dataset that ``--scale tiny`` adds for validation: the synthetic bundle's held-out split.
+TINY_VALIDATION_DATASET = "synthetic_val"
+
 #: Global batch of every stage at ``--scale tiny`` (micro-batch 1 on one worker: 2 accumulation steps).
 TINY_GLOBAL_BATCH = 2
 
@@ -182,6 +185,19 @@ def apply_scale(raw: dict[str, Any], lines: Lines, scale: Scale) -> None:
         if isinstance(datasets, dict):
             for name in datasets:
                 put(datasets, ("data", "datasets"), name, {"path": SYNTHETIC_DATASET})
+            validation = _mapping(data, "validation")
+            if validation is not None:
+                # The bundle's held-out split: holding records out of its small train split would leave
+                # little to train on.
+                put(
+                    datasets,
+                    ("data", "datasets"),
+                    TINY_VALIDATION_DATASET,
+                    {"path": SYNTHETIC_DATASET, "split": "val"},
+                )
+                put(validation, ("data", "validation"), "dataset", TINY_VALIDATION_DATASET)
+                put(validation, ("data", "validation"), "sampling", "all")
+                put(validation, ("data", "validation"), "holdout", False)
     stages = raw.get("stages")
     if isinstance(stages, dict):
         for name, stage in stages.items():
