@@ -21,6 +21,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -100,6 +101,15 @@ def parse_sampling(text: str) -> tuple[str, int | None, float | None]:
     if not 0.0 < float(percent) <= 100.0:
         raise ValueError(f"bad sampling {text!r}: a percentage must be in (0, 100]")
     return mode, None, float(percent)
+
+
+def _checked_sampling(text: str) -> str:
+    parse_sampling(text)
+    return text.strip()
+
+
+#: A mixture entry's or validation set's ``sampling`` rule, checked and stripped.
+Sampling = Annotated[str, AfterValidator(_checked_sampling)]
 
 
 def sampled_size(sampling: str, available: int) -> int:
@@ -262,17 +272,11 @@ class MixtureEntry(_Model):
 
     dataset: Name
     """Name of an entry of ``data.datasets``."""
-    sampling: str = "all"
+    sampling: Sampling = "all"
     """Which records: ``all``, ``first:N``, ``random:N``, ``first:N%`` or ``random:N%`` (random = seeded by ``seed``)."""
     weight: PositiveFloat = 1.0
     """Multiplier on this entry's share of an epoch: it contributes ``weight x (sampled size)`` examples per epoch
     (2 = each record twice, 0.5 = a random half each epoch). 1 everywhere = plain concatenation."""
-
-    @field_validator("sampling")
-    @classmethod
-    def _sampling(cls, value: str) -> str:
-        parse_sampling(value)
-        return value.strip()
 
 
 class CognitionConfig(_Model):
@@ -296,18 +300,12 @@ class ValidationSet(_Model):
 
     dataset: Name
     """Name of an entry of ``data.datasets``."""
-    sampling: str = "random:1000"
+    sampling: Sampling = "random:1000"
     """Which records to validate on (same rules as a mixture's ``sampling``)."""
     holdout: bool = True
     """Keep these records out of every training mixture that uses the same dataset."""
     every_steps: PositiveInt | None = None
     """Validate every this many optimizer steps; ``null`` = at the end of each stage only."""
-
-    @field_validator("sampling")
-    @classmethod
-    def _sampling(cls, value: str) -> str:
-        parse_sampling(value)
-        return value.strip()
 
 
 class DataConfig(_Model):
