@@ -1,0 +1,50 @@
+"""MLflow tracking (DESIGN.md §3, §4): rank 0 only, through one small interface.
+
+- :mod:`.names`: the metric, param, tag and artifact names §4 fixes, and :func:`flatten_params`;
+- :mod:`.store`: which tracking URI a submission uses, and :class:`LocalTrackingServer` for many writers;
+- :mod:`.cost`: :class:`GpuHoursMeter` for ``cost/gpu_hours`` from the accelerator table;
+- :mod:`.tracker`: :class:`Tracker` (asynchronous, bounded, never blocks or fails training) and
+  :class:`NullTracker` for the other ranks.
+
+MLflow itself is imported on first use, so importing this package stays cheap.
+"""
+
+from . import names
+from .cost import GpuHoursMeter
+from .names import flatten_params
+from .store import (
+    LocalTrackingServer,
+    TrackingServerError,
+    TrackingStore,
+    local_store,
+    resolve_store,
+    shared_store,
+)
+from .tracker import (
+    NullTracker,
+    Tracker,
+    TrackerOptions,
+    TrackingError,
+    git_commit,
+    reconstruction_panel,
+    tracker_for_rank,
+)
+
+__all__ = [
+    "GpuHoursMeter",
+    "LocalTrackingServer",
+    "NullTracker",
+    "Tracker",
+    "TrackerOptions",
+    "TrackingError",
+    "TrackingServerError",
+    "TrackingStore",
+    "flatten_params",
+    "git_commit",
+    "local_store",
+    "names",
+    "reconstruction_panel",
+    "resolve_store",
+    "shared_store",
+    "tracker_for_rank",
+]

@@ -1,0 +1,216 @@
+"""The MLflow names DESIGN.md §4 fixes — one source of truth for metrics, params, tags and artifacts.
+
+Acceptance checks and ``report`` query MLflow by these strings, so code that logs or reads a run imports them
+from here instead of spelling them out. :func:`flatten_params` turns the resolved config
+(:meth:`ExperimentConfig.resolved`) into MLflow params: dotted keys (``stages.stage2.loss.rec_weight``), lists
+and mappings as JSON, every key and value within MLflow's limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+LOSS_TOTAL = "loss/total"
+"""The optimised loss: ``llm_weight * loss/llm + rec_weight * loss/rec``."""
+LOSS_LLM = "loss/llm"
+"""Next-token cross-entropy over all supervised tokens."""
+LOSS_REC = "loss/rec"
+"""Flow-matching reconstruction loss of the diffusion decoder."""
+LOSS_VQ = "loss/vq"
+"""Token-level part of the LLM loss on visual (VQ) target tokens."""
+LOSS_PX = "loss/px"
+"""Token-level part of the LLM loss on the remaining (text) tokens."""
+LR = "lr"
+"""Learning rate of the LLM parameter group after the schedule."""
+STAGE = "stage"
+"""Index of the running stage (0-based, in the order the experiment file writes them)."""
+THROUGHPUT = "throughput/samples_per_s"
+"""Training samples per second over all workers since the last log."""
+VAL_LOSS_LLM = "val/loss_llm"
+VAL_LOSS_REC = "val/loss_rec"
+COST_GPU_HOURS = "cost/gpu_hours"
+"""Device-hours used so far (``vlsa_platform.cluster.gpu_hours``; 0 on CPU workers)."""
+
+METRICS: tuple[str, ...] = (
+    LOSS_TOTAL,
+    LOSS_LLM,
+    LOSS_REC,
+    LOSS_VQ,
+    LOSS_PX,
+    LR,
+    STAGE,
+    THROUGHPUT,
+    VAL_LOSS_LLM,
+    VAL_LOSS_REC,
+    COST_GPU_HOURS,
+)
+"""Every fixed metric key (skipped-sample counts, :func:`skipped_metric`, come on top)."""
+
+SKIPPED_PREFIX = "data/skipped/"
+SKIPPED_TOTAL = SKIPPED_PREFIX + "total"
+"""Samples the data pipeline skipped so far, all reasons together."""
+
+# --------------------------------------------------------------------------------------------------- tags
+
+TAG_VARIANT = "vlsa.variant"
+"""Ablation variant name (child runs of an ablation)."""
+TAG_TRIAL_ID = "vlsa.trial_id"
+"""Ray Tune trial id (child runs of a sweep)."""
+TAG_SCALE = "vlsa.scale"
+"""``paper`` or ``tiny``."""
+TAG_GIT_COMMIT = "vlsa.git_commit"
+"""Commit of the code that ran (``unknown`` outside a git checkout)."""
+TAG_PARENT_RUN = "mlflow.parentRunId"
+"""MLflow's own tag that nests a child run under its parent in the UI."""
+TAG_RUN_NAME = "mlflow.runName"
+
+# ---------------------------------------------------------------------------------------------- artifacts
+
+ARTIFACT_RESOLVED_CONFIG = "config/resolved.yaml"
+"""The resolved experiment config (``ExperimentConfig.resolved()``) as YAML."""
+DEEPSPEED_DIR = "deepspeed"
+RECON_DIR = "recon"
+
+
+def deepspeed_artifact(stage: str) -> str:
+    """Artifact path of a stage's DeepSpeed config: ``deepspeed/<stage>.json``."""
+    return f"{DEEPSPEED_DIR}/{_path_part(stage)}.json"
+
+
+def recon_artifact(step: int, stage: str | None = None) -> str:
+    """Artifact path of the reconstruction panel at global ``step``: ``recon/step_000100.png``
+    (``recon/<stage>/step_000100.png`` when a stage is named)."""
+    folder = RECON_DIR if stage is None else f"{RECON_DIR}/{_path_part(stage)}"
+    return f"{folder}/step_{int(step):06d}.png"
+
+
+def skipped_metric(reason: str) -> str:
+    """Metric key of the skipped-sample count for ``reason``: ``data/skipped/missing_image``."""
+    word = re.sub(r"[^\w]+", "_", reason.strip().lower()).strip("_") or "unknown"
+    return SKIPPED_PREFIX + word
+
+
+def _path_part(name: str) -> str:
+    """``name`` as one safe path segment (no slashes, no ``..``)."""
+    part = re.sub(r"[^\w.\-]+", "_", name).strip(".") or "_"
+    return part
+
+
+def run_tags(
+    *,
+    scale: str | None = None,
+    variant: str | None = None,
+    trial_id: str | None = None,
+    git_commit: str | None = None,
+) -> dict[str, str]:
+    """The ``vlsa.*`` tags of a run, leaving out the ones not given."""
+    values = {TAG_SCALE: scale, TAG_VARIANT: variant, TAG_TRIAL_ID: trial_id, TAG_GIT_COMMIT: git_commit}
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
+# ------------------------------------------------------------------------------------------------- params
+
+# MLflow's limits (mlflow.utils.validation: MAX_PARAM_VAL_LENGTH, MAX_ENTITY_KEY_LENGTH) and its key
+# alphabet (validate_param_and_metric_name: slashes, word characters, ``.``, ``-``, space and ``:``).
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_KEY_LENGTH = 250
+TRUNCATED_MARKER = "...[truncated {} chars]"
+"""Appended to a value cut to :data:`MAX_PARAM_VALUE_LENGTH` (``{}`` = characters removed)."""
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def clean_key(key: str) -> str:
+    """``key`` made acceptable to MLflow: characters outside its alphabet become ``_``, path-like forms that
+    MLflow rejects (``a//b``, ``./a``, a leading ``/``) are normalised, and a key over 250 characters keeps
+    its start and gains a short hash of the whole so distinct long keys stay distinct."""
+    clean = _BAD_KEY_CHARS.sub("_", key)
+    if clean != posixpath.normpath(clean) or clean in {"", "."} or clean.startswith(("/", "..")):
+        clean = "/".join(p if p not in {"", ".", ".."} else "_" for p in clean.split("/")) or "_"
+    if len(clean) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        clean = f"{clean[: MAX_KEY_LENGTH - 11]}~{digest}"
+    return clean
+
+
+def param_value(value: Any) -> str:
+    """A param value as MLflow stores it: strings as they are, other scalars and lists as JSON, cut to
+    :data:`MAX_PARAM_VALUE_LENGTH` with :data:`TRUNCATED_MARKER` at the end."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, float) and not math.isfinite(value):
+        text = str(value)  # JSON has no inf/nan; "inf" reads better than "Infinity"
+    else:
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    if len(text) <= MAX_PARAM_VALUE_LENGTH:
+        return text
+    # The marker's length depends on the number it shows; settle the cut so the result is exactly the limit.
+    cut = len(text) - MAX_PARAM_VALUE_LENGTH
+    while len(text) - cut + len(TRUNCATED_MARKER.format(cut)) > MAX_PARAM_VALUE_LENGTH:
+        cut += 1
+    return text[: len(text) - cut] + TRUNCATED_MARKER.format(cut)
+
+
+def flatten_params(resolved: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """The resolved config as MLflow params: ``{"stages": {"stage2": {"loss": {"rec_weight": 0.5}}}}`` ->
+    ``{"stages.stage2.loss.rec_weight": "0.5"}``.
+
+    Nested mappings recurse (an empty one is kept as ``"{}"`` so the key still shows); lists, ``None`` and
+    booleans are JSON (``[1,2]``, ``null``, ``true``); keys and values respect MLflow's rules
+    (:func:`clean_key`, :func:`param_value`). Two keys that clean to the same name keep the first value.
+    """
+    out: dict[str, str] = {}
+    for key, value in resolved.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            for sub_key, sub_value in flatten_params(value, dotted).items():
+                out.setdefault(sub_key, sub_value)
+        else:
+            out.setdefault(
+                clean_key(dotted), param_value(dict(value) if isinstance(value, Mapping) else value)
+            )
+    return out
+
+
+__all__ = [
+    "ARTIFACT_RESOLVED_CONFIG",
+    "COST_GPU_HOURS",
+    "DEEPSPEED_DIR",
+    "LOSS_LLM",
+    "LOSS_PX",
+    "LOSS_REC",
+    "LOSS_TOTAL",
+    "LOSS_VQ",
+    "LR",
+    "MAX_KEY_LENGTH",
+    "MAX_PARAM_VALUE_LENGTH",
+    "METRICS",
+    "RECON_DIR",
+    "SKIPPED_PREFIX",
+    "SKIPPED_TOTAL",
+    "STAGE",
+    "TAG_GIT_COMMIT",
+    "TAG_PARENT_RUN",
+    "TAG_RUN_NAME",
+    "TAG_SCALE",
+    "TAG_TRIAL_ID",
+    "TAG_VARIANT",
+    "THROUGHPUT",
+    "TRUNCATED_MARKER",
+    "VAL_LOSS_LLM",
+    "VAL_LOSS_REC",
+    "clean_key",
+    "deepspeed_artifact",
+    "flatten_params",
+    "param_value",
+    "recon_artifact",
+    "run_tags",
+    "skipped_metric",
+]
