@@ -447,13 +447,6 @@ class Placement(_Model):
                 raise FieldIssue(("offload",), "optimizer offload needs zero_stage 1, 2 or 3")
         return self
 
-    def trial(self, values: dict[str, Any], trial_id: str = "trial") -> ExperimentConfig:
-        """The single-run config of one sweep trial: ``values`` (dotted key -> sampled value) applied, ``sweep``
-        removed."""
-        if self.sweep is None:
-            raise ValueError("not a sweep")
-        return self.with_values({**values, "sweep": None}, origin=trial_id)
-
     def resolved(self) -> dict[str, Any]:
         """Every field filled in with the derived defaults (the plan's ``placement``)."""
         micro = self.micro_batch or 1
