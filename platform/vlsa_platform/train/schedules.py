@@ -1,0 +1,68 @@
+"""What changes along a stage: the loss weights (DESIGN.md §2) and the learning rate.
+
+``total = w_llm * L_llm + w_rec * L_rec``; a stage's :class:`~vlsa_platform.config.schema.ScheduleConfig` moves
+one of the two weights by ``factor(t)``, ``t = step / stage steps`` (the factor's shape lives on the schema, so
+the plan and the trainer agree). The learning rate follows LLaVA-NeXT's recipe through HF's schedulers:
+``ceil(warmup_ratio * steps)`` linear-warmup steps, then ``cosine`` / ``linear`` decay to 0 or ``constant``.
+The DeepSpeed engine steps the scheduler once per optimizer step (not per micro-batch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import get_scheduler
+
+from ..config.schema import ScheduleConfig, StageLoss
+
+#: ``lr_scheduler`` of a stage -> the name ``transformers.get_scheduler`` knows (warmup included in each).
+_HF_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def loss_weights(loss: StageLoss, progress: float, *, recon: bool = True) -> tuple[float, float]:
+    """``(w_llm, w_rec)`` at ``progress`` = step / stage steps in [0, 1] (clipped).
+
+    ``loss`` is a stage's resolved loss (``llm_weight``, ``rec_weight`` and ``schedule`` filled in from the
+    top-level defaults, as ``ExperimentConfig`` does); the schedule multiplies its ``target`` weight. With
+    ``recon`` off the reconstruction weight is 0 (docs/experiments.md).
+    """
+    if loss.llm_weight is None or loss.rec_weight is None:
+        raise ValueError(
+            "loss weights are not resolved (take the stage's loss from a validated ExperimentConfig)"
+        )
+    schedule = loss.schedule or ScheduleConfig()
+    w_llm, w_rec = float(loss.llm_weight), float(loss.rec_weight) if recon else 0.0
+    factor = schedule.factor(progress)
+    if schedule.target == "llm_weight":
+        w_llm *= factor
+    else:
+        w_rec *= factor
+    return w_llm, w_rec
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """Linear-warmup steps for a stage: ``ceil(warmup_ratio * total_steps)`` (HF Trainer's rule)."""
+    return math.ceil(total_steps * warmup_ratio)
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float
+) -> LRScheduler:
+    """The stage's LR schedule over ``total_steps`` optimizer steps, from ``transformers.get_scheduler``.
+
+    Each param group decays from its own peak ``lr`` (the per-part rates). ``kind`` is the stage's
+    ``lr_scheduler``: ``cosine``, ``linear`` (to 0 at the last step) or ``constant`` (after warmup).
+    """
+    if kind not in _HF_SCHEDULERS:
+        raise ValueError(f"unknown lr_scheduler {kind!r}; expected one of {sorted(_HF_SCHEDULERS)}")
+    return get_scheduler(
+        _HF_SCHEDULERS[kind],
+        optimizer=optimizer,
+        num_warmup_steps=warmup_steps(total_steps, warmup_ratio),
+        num_training_steps=total_steps,
+    )
+
+
+__all__ = ["build_lr_scheduler", "loss_weights", "warmup_steps"]

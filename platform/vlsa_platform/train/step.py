@@ -1,0 +1,138 @@
+"""One micro-batch of training: forward, the stage-weighted loss, backward, the (maybe) optimizer step.
+
+``total = w_llm * loss_llm + w_rec * loss_rec`` (DESIGN.md §2; weights from :func:`.schedules.loss_weights`).
+A part the batch does not produce (no labelled tokens, no image for L_rec) contributes 0 (a batch
+with neither gives a zero loss that still steps, so every rank runs the same collectives). A non-finite total
+skips the micro-batch on every rank (no backward, no step: the accumulation window waits for the next
+micro-batch) and is counted, so one bad batch cannot write NaNs into the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .strategy import DeepSpeedStrategy
+
+#: The model output's loss parts reported as metrics (DESIGN.md §4).
+LOSS_PARTS: tuple[str, ...] = ("llm", "rec", "vq", "px")
+
+
+def _reached_parameters(loss: torch.Tensor) -> set[int]:
+    """``id`` of every leaf tensor (parameter) the autograd graph of ``loss`` accumulates a gradient into."""
+    seen_nodes, reached, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen_nodes:
+            continue
+        seen_nodes.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        if variable is not None:
+            reached.add(id(variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return reached
+
+
+def _with_unused_parameters(loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """``loss + 0 * sum(p.sum())`` over the trainable parameters the loss does not reach.
+
+    Needed only with several ranks under ZeRO-1/2: a batch without images on one rank leaves the vision path
+    (and Epigone, the denoiser) without gradients there while another rank has them, so ZeRO's bucketed
+    gradient reductions disagree in size (gloo aborts: "Received data size doesn't match expected size"). The
+    zero terms give every trainable parameter a (zero) gradient on every rank, so the collectives match and
+    the update is unchanged. (ZeRO-3 differs already in the forward: see :func:`_check_same_structure`.)
+    """
+    reached = _reached_parameters(loss)
+    unused = [p for p in module.parameters() if p.requires_grad and id(p) not in reached]
+    if not unused:
+        return loss
+    return loss + 0.0 * torch.stack([p.sum() for p in unused]).sum().to(loss.dtype)
+
+
+#: Batch keys whose presence decides which sub-modules the forward runs.
+_STRUCTURE_KEYS = ("pixel_values", "recon_pixel_values", "recon_latent_params", "labels")
+
+
+def _check_same_structure(batch: dict[str, Any]) -> None:
+    """Under ZeRO-3 every rank must run the same sub-modules in its forward: each module's parameters are
+    all-gathered when it runs, so a rank without images skips the vision tower's gathers while the others wait
+    in them (a mismatched collective: gloo aborts, NCCL hangs). A zero loss term cannot help there, so the
+    batches must agree (the data loader keeps images in every micro-batch, or none); this check (one small
+    all-reduce per micro-batch) turns the hang into an error on every rank."""
+    present = torch.tensor([float(batch.get(key) is not None) for key in _STRUCTURE_KEYS])
+    low, high = present.clone(), present.clone()
+    if torch.distributed.get_backend() == "nccl":
+        low, high = low.cuda(), high.cuda()
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    differing = [
+        key for key, lo, hi in zip(_STRUCTURE_KEYS, low.tolist(), high.tolist(), strict=True) if lo != hi
+    ]
+    if differing:
+        raise ValueError(
+            f"ZeRO-3 needs the same batch structure on every rank, but {', '.join(differing)} is present on some "
+            "ranks only (e.g. a micro-batch without images): give every rank's micro-batch images, or none"
+        )
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks must agree to skip, or ZeRO's collectives hang)."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(value.detach()).all()) else 1.0])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "nccl":
+            bad = bad.cuda()
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return float(bad) == 0.0
+
+
+def train_step(
+    strategy: DeepSpeedStrategy,
+    batch: dict[str, Any],
+    weights: tuple[float, float],
+    stats: dict[str, int] | None = None,
+) -> dict[str, float]:
+    """Train on one micro-batch; returns float metrics.
+
+    Keys: ``loss/total``, ``loss/llm``, ``loss/rec``, ``loss/vq``, ``loss/px`` (NaN where the batch has no such
+    part), ``lr`` (the first param group's) and ``lr/<group>``, ``optimizer_step`` (1.0 when the optimizer
+    stepped), ``skipped_nonfinite`` (the running count in ``stats``, 1 or 0 without it) and, after a step,
+    ``grad_norm``. ``stats`` (a dict the caller keeps across steps) accumulates ``skipped_nonfinite``.
+    """
+    w_llm, w_rec = weights
+    if strategy.zero_stage == 3 and strategy.world_size_now > 1:
+        _check_same_structure(batch)
+    out = strategy.forward(**batch)
+    loss_llm, loss_rec = getattr(out, "loss_llm", None), getattr(out, "loss_rec", None)
+    terms = [w * part for w, part in ((w_llm, loss_llm), (w_rec, loss_rec)) if part is not None and w != 0]
+    # Nothing to learn from (no labelled token, no L_rec target, or zero weights): a zero loss still goes
+    # through backward and step, so this rank stays in step with the others' collectives.
+    total = torch.stack([t.float() for t in terms]).sum() if terms else out.logits.float().sum() * 0.0
+
+    metrics: dict[str, float] = {"loss/total": float(total.detach())}
+    for name in LOSS_PARTS:
+        value = getattr(out, f"loss_{name}", None)
+        metrics[f"loss/{name}"] = float(value.detach()) if value is not None else math.nan
+    stats = stats if stats is not None else {}
+    if not _all_finite(total):
+        stats["skipped_nonfinite"] = stats.get("skipped_nonfinite", 0) + 1
+        metrics["optimizer_step"] = 0.0
+    else:
+        if strategy.needs_all_parameters_in_graph:
+            total = _with_unused_parameters(total, strategy.engine.module)
+        strategy.backward(total)
+        stepped = strategy.step()
+        metrics["optimizer_step"] = float(stepped)
+        if stepped:
+            norm = strategy.grad_norm()
+            if norm is not None:
+                metrics["grad_norm"] = norm
+    metrics["skipped_nonfinite"] = float(stats.get("skipped_nonfinite", 0))
+    lrs = strategy.learning_rates()
+    metrics["lr"] = next(iter(lrs.values()))
+    metrics.update({f"lr/{name}": value for name, value in lrs.items()})
+    return metrics
+
+
+__all__ = ["LOSS_PARTS", "train_step"]

@@ -1,0 +1,278 @@
+"""DeepSpeed behind one object (OpenRLHF's strategy): the trainer never calls DeepSpeed itself.
+
+:class:`DeepSpeedStrategy` turns a stage's resolved placement into a DeepSpeed config (:attr:`ds_config`, logged
+as an artifact), wraps the model with one AdamW param group per trainable part (:func:`param_groups`), and
+exposes ``backward`` / ``step`` / ``save`` / ``load``. Gradient accumulation is DeepSpeed's: every micro-batch
+calls ``backward`` then ``step``; the engine reduces and applies the optimizer (and steps the LR scheduler) only
+at accumulation boundaries.
+
+Precision: bf16 on GPUs, fp32 on CPU (DeepSpeed's CPU accelerator with gloo, as the tests run it). Frozen
+parts (``requires_grad`` False, set by :func:`vlsa_platform.model.parts.set_trainable` before ``prepare``) are
+left out of the optimizer; DeepSpeed keeps them as plain module parameters (ZeRO-3 partitions and gathers them
+like the rest, but never updates them).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config.schema import LearningRates
+from ..model.parts import part_of
+
+#: An ``optimizer -> LR scheduler`` factory (e.g. ``functools.partial(build_lr_scheduler, kind=..., ...)``).
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norms and other 1-D parameters (embeddings-as-vectors, the SA-Perceiver's query) get no decay."""
+    shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 partitioned params keep their shape here
+    lowered = name.lower()
+    return len(shape) < 2 or lowered.endswith(".bias") or "norm" in lowered
+
+
+def param_groups(model: nn.Module, lrs: LearningRates, weight_decay: float) -> list[dict[str, Any]]:
+    """One AdamW param group per trainable part (its peak lr from ``lrs.for_part``), split in two when weight
+    decay is on (biases and norms get none). Only parameters with ``requires_grad`` are included; empty groups
+    are dropped. Each group carries its ``name`` (``part`` or ``part/no_decay``) for the per-part ``lr`` metrics.
+    """
+    by_group: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = weight_decay > 0 and not _no_decay(name, param)
+        by_group.setdefault((part_of(name), decay), []).append(param)
+    groups = []
+    for (part, decay), params in by_group.items():
+        groups.append(
+            {
+                "name": part if decay or weight_decay == 0 else f"{part}/no_decay",
+                "part": part,
+                "params": params,
+                "lr": lrs.for_part(part),
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+        )
+    if not groups:
+        raise ValueError(
+            "no trainable parameters: call set_trainable(model, parts) before building the optimizer"
+        )
+    return groups
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch RNG states (for a checkpoint's client state)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class DeepSpeedStrategy:
+    """DeepSpeed settings of one stage and the engine built from them.
+
+    ``micro_batch x grad_accum x world_size`` samples make one optimizer step (DeepSpeed's ``train_batch_size``).
+    ``offload``: ``none``, ``optimizer`` (ZeRO >= 1, optimizer states and step on the CPU with
+    ``DeepSpeedCPUAdam``) or ``optimizer_and_params`` (ZeRO-3, parameters too).
+    """
+
+    zero_stage: int = 2
+    offload: str = "none"
+    micro_batch: int = 1
+    grad_accum: int = 1
+    world_size: int | None = None
+    """Data-parallel ranks; ``None`` = the initialised process group's size (or ``$WORLD_SIZE``, or 1)."""
+    bf16: bool = False
+    max_grad_norm: float | None = 1.0
+    activation_checkpointing: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    engine: Any = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_placement(cls, placement: dict[str, Any], **kwargs: Any) -> DeepSpeedStrategy:
+        """From a resolved placement (``Placement.resolved()`` or the plan's ``placement``), whose
+        ``num_workers`` is the world size; ``kwargs`` set the rest (``bf16``, ``max_grad_norm``...)."""
+        return cls(
+            zero_stage=placement["zero_stage"],
+            offload=placement["offload"],
+            micro_batch=placement["micro_batch"],
+            grad_accum=placement["grad_accum"],
+            world_size=placement["num_workers"],
+            **kwargs,
+        )
+
+    def __post_init__(self) -> None:
+        if self.offload not in ("none", "optimizer", "optimizer_and_params"):
+            raise ValueError(f"unknown offload {self.offload!r}")
+        if self.offload == "optimizer_and_params" and self.zero_stage != 3:
+            raise ValueError("parameter offload needs zero_stage 3")
+        if self.offload == "optimizer" and self.zero_stage == 0:
+            raise ValueError("optimizer offload needs zero_stage 1, 2 or 3")
+
+    # -- configuration -------------------------------------------------------------------------------------
+
+    def _world(self) -> int:
+        if self.world_size is not None:
+            return self.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return int(os.environ.get("WORLD_SIZE", "1"))
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self._world()
+
+    @property
+    def needs_all_parameters_in_graph(self) -> bool:
+        """Whether every trainable parameter must get a gradient on every rank at every micro-step: ZeRO's
+        gradient reductions are bucketed by parameter, so ranks whose batches reach different parameters (one
+        with images, one without) would run mismatched collectives. ZeRO-0 fills missing gradients itself;
+        ZeRO-3 gathers parameters in the forward, so there the batches themselves must agree (``step.py``)."""
+        return self.zero_stage in (1, 2) and self._world() > 1
+
+    @property
+    def world_size_now(self) -> int:
+        """Data-parallel ranks (the configured ``world_size``, else the process group's)."""
+        return self._world()
+
+    @property
+    def ds_config(self) -> dict[str, Any]:
+        """The DeepSpeed config dict this strategy passes to ``deepspeed.initialize`` (JSON-able)."""
+        zero: dict[str, Any] = {"stage": self.zero_stage}
+        if self.zero_stage > 0:
+            # Reduce in fp32 buckets; overlap only pays off on GPUs (and needs streams the CPU backend lacks).
+            zero.update({"overlap_comm": False, "contiguous_gradients": True})
+        if self.offload in ("optimizer", "optimizer_and_params"):
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.bf16}
+        if self.offload == "optimizer_and_params":
+            zero["offload_param"] = {"device": "cpu", "pin_memory": self.bf16}
+        if self.zero_stage == 3:
+            # A full (unpartitioned) 16-bit state dict is written with each checkpoint, for export.
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        return {
+            "train_batch_size": self.global_batch,
+            "train_micro_batch_size_per_gpu": self.micro_batch,
+            "gradient_accumulation_steps": self.grad_accum,
+            "gradient_clipping": self.max_grad_norm or 0.0,
+            "bf16": {"enabled": self.bf16},
+            "fp16": {"enabled": False},
+            "zero_optimization": zero,
+            # Our optimizer is torch's AdamW (DeepSpeed's fused Adam needs CUDA); ZeRO accepts it with this flag.
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    # -- engine --------------------------------------------------------------------------------------------
+
+    def _optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        if self.offload != "none":
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(groups, betas=self.betas, eps=self.eps, adamw_mode=True)
+        return torch.optim.AdamW(groups, betas=self.betas, eps=self.eps)
+
+    def prepare(
+        self,
+        model: nn.Module,
+        groups: list[dict[str, Any]],
+        lr_scheduler: SchedulerFactory | None = None,
+    ) -> Any:
+        """``deepspeed.initialize`` the model with AdamW over ``groups`` (see :func:`param_groups`) and the LR
+        scheduler ``lr_scheduler(optimizer)`` builds; returns (and keeps) the engine."""
+        import deepspeed
+
+        if self.activation_checkpointing and hasattr(model, "enable_activation_checkpointing"):
+            model.enable_activation_checkpointing()
+        if self.bf16:
+            # Frozen parts stay in bf16 too: DeepSpeed casts only the module it wraps.
+            model = model.to(torch.bfloat16)
+        optimizer = self._optimizer(groups)
+        scheduler = lr_scheduler(optimizer) if lr_scheduler is not None else None
+        if not torch.distributed.is_initialized():
+            deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo")
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
+        )
+        return self.engine
+
+    def _need_engine(self) -> Any:
+        if self.engine is None:
+            raise RuntimeError("call prepare(model, groups) first")
+        return self.engine
+
+    def forward(self, **batch: Any) -> Any:
+        """The model's forward through the engine (ZeRO-3 gathers parameters in its hooks)."""
+        return self._need_engine()(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss (DeepSpeed scales it by ``1 / grad_accum``)."""
+        self._need_engine().backward(loss)
+
+    def step(self) -> bool:
+        """End a micro-batch; returns True when this was an accumulation boundary (the optimizer stepped)."""
+        engine = self._need_engine()
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.step()
+        return boundary
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken so far (restored by :meth:`load`)."""
+        return int(self._need_engine().global_steps)
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current lr of each param group by its ``name``."""
+        optimizer = self._need_engine().optimizer
+        return {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+
+    def grad_norm(self) -> float | None:
+        """Global gradient norm of the last optimizer step (before clipping), when DeepSpeed measured it."""
+        norm = self._need_engine().get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def save(
+        self, directory: str | Path, client_state: dict[str, Any] | None = None, tag: str | None = None
+    ) -> None:
+        """Every rank calls this (ZeRO shards are per rank). ``client_state`` (data position, step...) is saved
+        with the engine, optimizer and scheduler states, plus this process's RNG states under ``rng``."""
+        state = {**(client_state or {}), "rng": rng_state()}
+        self._need_engine().save_checkpoint(str(directory), tag=tag, client_state=state)
+
+    def load(self, directory: str | Path, tag: str | None = None, restore_rng: bool = True) -> dict[str, Any]:
+        """Load a checkpoint written by :meth:`save` into the prepared engine; returns its client state (and
+        restores the RNG states saved with it unless ``restore_rng`` is False)."""
+        path, client_state = self._need_engine().load_checkpoint(str(directory), tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory} (tag {tag or 'latest'})")
+        if restore_rng and "rng" in client_state:
+            set_rng_state(client_state["rng"])
+        return client_state
+
+
+__all__ = ["DeepSpeedStrategy", "param_groups", "rng_state", "set_rng_state"]

@@ -1,0 +1,354 @@
+"""The DeepSpeed strategy and the training step on DeepSpeed's CPU accelerator (gloo), tiny model.
+
+One process group per module (world size 1: ZeRO partitions over one rank), engines reused across tests; a
+two-process ZeRO-2/3 run (spawned, gloo) is marked slow. DeepSpeed JIT-compiles its small shared-memory comm
+op on first use (cached under ``~/.cache/torch_extensions``), which can take minutes on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import socket
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+
+from vlsa_platform.config.schema import LearningRates
+from vlsa_platform.model.parts import frozen_state, set_trainable
+from vlsa_platform.train.schedules import build_lr_scheduler
+from vlsa_platform.train.step import train_step
+from vlsa_platform.train.strategy import DeepSpeedStrategy, param_groups
+
+from ..model.builders import make_batch, random_images, tiny_model
+
+STAGE1 = ["sa_perceiver", "projector", "epigone"]
+LRS = LearningRates(default=1e-2, projector=2e-2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+
+
+@pytest.fixture(scope="module")
+def dist():
+    """A one-rank gloo process group for this module, torn down (and the environment restored) after it."""
+    saved = {k: os.environ.get(k) for k in _DIST_ENV}
+    os.environ.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        DS_ACCELERATOR="cpu",
+    )
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo")
+    yield deepspeed
+    torch.distributed.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _strategy(zero_stage: int, **kwargs) -> DeepSpeedStrategy:
+    kwargs = {"micro_batch": 2, "grad_accum": 2, "world_size": 1, **kwargs}
+    return DeepSpeedStrategy(zero_stage=zero_stage, **kwargs)
+
+
+def _prepare(strategy: DeepSpeedStrategy, seed: int = 0, kind: str = "constant"):
+    model = tiny_model(seed=seed)
+    set_trainable(model, STAGE1)
+    frozen = frozen_state(model)
+    groups = param_groups(model, LRS, weight_decay=0.01)
+    factory = functools.partial(build_lr_scheduler, kind=kind, total_steps=20, warmup_ratio=0.0)
+    strategy.prepare(model, groups, factory)
+    return model, frozen
+
+
+def _batch(model, seed=0):
+    batch, _ = make_batch(
+        model.config, random_images([(100, 100), (120, 90)], seed=seed), text_len=8, seed=seed
+    )
+    return batch
+
+
+def _gathered(deepspeed, strategy):
+    """Context in which every parameter is whole (ZeRO-3 partitions them)."""
+    params = list(strategy.engine.module.parameters())
+    if strategy.zero_stage == 3:
+        return deepspeed.zero.GatheredParameters(params)
+    return nullcontext()
+
+
+def _eval_loss(strategy, batch) -> float:
+    torch.manual_seed(1234)  # the same flow-matching noise every time
+    with torch.no_grad():
+        out = strategy.forward(**batch)
+    return float(out.loss_llm + out.loss_rec)
+
+
+@pytest.fixture(scope="module", params=[0, 2, 3], ids=lambda z: f"zero{z}")
+def trained(request, dist):
+    """A stage-1 engine trained for 4 optimizer steps (8 micro-batches of 2, global batch 4)."""
+    strategy = _strategy(request.param)
+    model, frozen = _prepare(strategy)
+    batch = _batch(model)
+    before = _eval_loss(strategy, batch)
+    metrics = []
+    for i in range(8):
+        torch.manual_seed(i)
+        metrics.append(train_step(strategy, batch, (1.0, 1.0)))
+    after = _eval_loss(strategy, batch)
+    return {"strategy": strategy, "frozen": frozen, "before": before, "after": after, "metrics": metrics}
+
+
+# --------------------------------------------------------------------------------------------- no engine
+
+
+def test_param_groups_per_part_lrs_and_no_frozen_params():
+    model = tiny_model()
+    set_trainable(model, STAGE1)
+    groups = param_groups(model, LRS, weight_decay=0.1)
+    names = {g["name"] for g in groups}
+    assert {g["part"] for g in groups} == set(STAGE1)
+    assert "projector" in names and "projector/no_decay" in names
+    for group in groups:
+        assert group["lr"] == (2e-2 if group["part"] == "projector" else 1e-2)
+        assert group["weight_decay"] == (0.0 if group["name"].endswith("/no_decay") else 0.1)
+        assert all(p.requires_grad for p in group["params"])
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_groups == trainable
+    no_decay = {"no_decay" in g["name"] for g in param_groups(model, LRS, weight_decay=0.0)}
+    assert no_decay == {False}
+    set_trainable(model, [])
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        param_groups(model, LRS, 0.0)
+
+
+def test_ds_config_from_placement():
+    placement = {"num_workers": 2, "zero_stage": 3, "offload": "optimizer", "micro_batch": 2, "grad_accum": 4}
+    strategy = DeepSpeedStrategy.from_placement(placement, bf16=True, max_grad_norm=None)
+    config = strategy.ds_config
+    assert config["train_batch_size"] == 16 and config["train_micro_batch_size_per_gpu"] == 2
+    assert config["gradient_accumulation_steps"] == 4 and config["gradient_clipping"] == 0.0
+    assert config["bf16"] == {"enabled": True}
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "offload_param" not in config["zero_optimization"]
+    with pytest.raises(ValueError, match="needs zero_stage 3"):
+        DeepSpeedStrategy(zero_stage=2, offload="optimizer_and_params")
+    with pytest.raises(ValueError, match="optimizer offload"):
+        DeepSpeedStrategy(zero_stage=0, offload="optimizer")
+
+
+# --------------------------------------------------------------------------------------- trained engines
+
+
+def test_loss_falls(trained):
+    assert trained["after"] < trained["before"] - 0.05, (trained["before"], trained["after"])
+    for m in trained["metrics"]:
+        assert m["loss/total"] == pytest.approx(m["loss/llm"] + m["loss/rec"], rel=1e-6)
+
+
+def test_frozen_parts_bitwise_unchanged(dist, trained):
+    strategy, frozen = trained["strategy"], trained["frozen"]
+    with _gathered(dist, strategy):
+        named = dict(strategy.engine.module.named_parameters())
+        assert set(frozen) == {n for n, p in named.items() if not p.requires_grad}
+        for name, value in frozen.items():
+            assert torch.equal(named[name].data, value), name
+
+
+def test_optimizer_steps_every_grad_accum_micro_batches(trained):
+    assert [m["optimizer_step"] for m in trained["metrics"]] == [0.0, 1.0] * 4
+    assert trained["strategy"].optimizer_steps == 4
+    assert trained["strategy"].ds_config["train_batch_size"] == 4
+    if trained["strategy"].zero_stage > 0:  # ZeRO-0 with torch's optimizer in fp32 does not report it
+        assert all("grad_norm" in m for m in trained["metrics"][1::2])
+
+
+def test_per_part_lrs_reach_the_engine(trained):
+    metrics = trained["metrics"][-1]
+    assert metrics["lr/projector"] == pytest.approx(2e-2) and metrics[
+        "lr/projector/no_decay"
+    ] == pytest.approx(2e-2)
+    assert metrics["lr/sa_perceiver"] == pytest.approx(1e-2) and metrics["lr/epigone"] == pytest.approx(1e-2)
+    assert metrics["lr"] in {2e-2, 1e-2}
+
+
+def test_nonfinite_loss_is_skipped_and_counted(dist, trained):
+    strategy = trained["strategy"]
+    with _gathered(dist, strategy):
+        before = {n: p.detach().clone() for n, p in strategy.engine.module.named_parameters()}
+    steps, micro = strategy.optimizer_steps, strategy.engine.micro_steps
+    stats = {}
+    batch = _batch(strategy.engine.module)
+    for _ in range(2):
+        metrics = train_step(strategy, batch, (float("nan"), 1.0), stats)
+    assert stats == {"skipped_nonfinite": 2} and metrics["skipped_nonfinite"] == 2.0
+    assert metrics["optimizer_step"] == 0.0 and math.isnan(metrics["loss/total"])
+    assert (strategy.optimizer_steps, strategy.engine.micro_steps) == (steps, micro)
+    with _gathered(dist, strategy):
+        for name, param in strategy.engine.module.named_parameters():
+            assert torch.equal(param.data, before[name]), name
+
+
+def test_batch_with_no_loss_still_steps_with_zero_loss(trained):
+    strategy = trained["strategy"]
+    batch = _batch(strategy.engine.module)
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    micro = strategy.engine.micro_steps
+    metrics = train_step(strategy, batch, (1.0, 0.0))  # no labelled token, and L_rec weighted 0
+    assert metrics["loss/total"] == 0.0 and math.isnan(metrics["loss/llm"])
+    assert strategy.engine.micro_steps == micro + 1
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3], ids=lambda z: f"zero{z}")
+def test_resume_reproduces_next_step_and_client_state(dist, tmp_path, zero_stage):
+    first = _strategy(zero_stage)
+    model, _ = _prepare(first, kind="cosine")
+    batch = _batch(model)
+    for i in range(4):
+        torch.manual_seed(i)
+        train_step(first, batch, (1.0, 1.0))
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    first.save(
+        tmp_path / "ckpt", client_state={"data": {"position": 8, "epoch": 0}, "step": first.optimizer_steps}
+    )
+    expected_rng = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    # Two optimizer steps: the second window's losses depend on the first's update (moments, lr).
+    expected = [train_step(first, batch, (1.0, 0.5)) for _ in range(4)]
+
+    second = _strategy(zero_stage)
+    # Different initial weights: weights, Adam moments, LR schedule and step count come from the checkpoint.
+    _prepare(second, seed=1, kind="cosine")
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    client = second.load(tmp_path / "ckpt")
+    assert client["data"] == {"position": 8, "epoch": 0} and client["step"] == 2
+    assert second.optimizer_steps == 2
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected_rng
+    second.load(tmp_path / "ckpt")  # restores the RNG again, for the steps below
+    resumed = [train_step(second, batch, (1.0, 0.5)) for _ in range(4)]
+    assert second.optimizer_steps == 4
+    for a, b in zip(expected, resumed, strict=True):
+        assert a["loss/total"] == b["loss/total"] and a["lr"] == b["lr"]
+        assert a.get("grad_norm") == b.get("grad_norm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("zero_stage", "offload"), [(2, "optimizer"), (3, "optimizer_and_params")], ids=["zero2-opt", "zero3-all"]
+)
+def test_offload_trains_with_cpu_adam(dist, zero_stage, offload):
+    """Offloading swaps in DeepSpeedCPUAdam (JIT-compiled on first use: about 100 s on 2 cores, then cached)."""
+    strategy = _strategy(zero_stage, offload=offload, micro_batch=2, grad_accum=1)
+    model, frozen = _prepare(strategy)
+    assert type(strategy.engine.optimizer.optimizer).__name__ == "DeepSpeedCPUAdam"
+    batch = _batch(model)
+    before = _eval_loss(strategy, batch)
+    for i in range(4):
+        torch.manual_seed(i)
+        assert train_step(strategy, batch, (1.0, 1.0))["optimizer_step"] == 1.0
+    assert _eval_loss(strategy, batch) < before - 0.05
+    with _gathered(dist, strategy):
+        named = dict(strategy.engine.module.named_parameters())
+        assert all(torch.equal(named[n].data, v) for n, v in frozen.items())
+
+
+# ------------------------------------------------------------------------------------------------ two ranks
+
+
+def _text_only(batch):
+    """The same sample with its images dropped (the ``<image>`` positions become ordinary tokens)."""
+    text = {k: batch[k].clone() for k in ("input_ids", "attention_mask", "labels")}
+    text["input_ids"][text["input_ids"] >= 1000] = 42
+    return text
+
+
+def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        DS_ACCELERATOR="cpu",
+    )
+    import json
+
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    results = {}
+    for zero_stage in (2, 3):
+        model = tiny_model(seed=0)
+        set_trainable(model, [*STAGE1, "llm"])
+        strategy = DeepSpeedStrategy(zero_stage=zero_stage, micro_batch=1, grad_accum=1)
+        strategy.prepare(model, param_groups(model, LRS, 0.0))
+        batch, _ = make_batch(model.config, random_images([(100, 100)], seed=rank), text_len=8, seed=rank)
+        text = _text_only(batch)
+        # ZeRO-2: rank 0 trains on text only while rank 1 has an image (the unused-parameter zero terms).
+        steps = [text if rank == 0 and (zero_stage == 2 or i == 2) else batch for i in range(3)]
+        losses, error = [], None
+        for i, micro in enumerate(steps):
+            try:
+                losses.append(train_step(strategy, micro, (1.0, 1.0))["loss/total"])
+            except ValueError as exc:
+                error = (i, str(exc))
+                break
+        with _gathered(deepspeed, strategy):
+            checksum = float(sum(p.double().sum() for p in strategy.engine.module.parameters()))
+        sums = [None, None]
+        torch.distributed.all_gather_object(sums, checksum)
+        results[f"zero{zero_stage}"] = {
+            "losses": losses,
+            "error": error,
+            "steps": strategy.optimizer_steps,
+            "same_weights": sums[0] == sums[1],
+        }
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_zero2_mixed_batches_and_zero3(tmp_path):
+    """Two gloo ranks: ZeRO-2 with a text-only batch on one rank and an image on the other trains in step
+    (the same weights on both); ZeRO-3 trains when both have images and refuses mismatched batches on every
+    rank with a clear error instead of a collective mismatch."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank, res in enumerate(results):
+        z2, z3 = res["zero2"], res["zero3"]
+        assert z2["error"] is None and len(z2["losses"]) == 3 and z2["steps"] == 3 and z2["same_weights"], (
+            rank
+        )
+        assert all(np.isfinite(z2["losses"]))
+        assert len(z3["losses"]) == 2 and z3["steps"] == 2 and z3["same_weights"], rank
+        assert z3["error"] is not None and z3["error"][0] == 2 and "same batch structure" in z3["error"][1]
