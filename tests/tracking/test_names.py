@@ -23,6 +23,9 @@ def test_design_names():
         "val/loss_rec",
         "cost/gpu_hours",
     )
+    spelled = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC, names.LOSS_VQ, names.LOSS_PX, names.LR)
+    spelled += (names.STAGE, names.THROUGHPUT, names.VAL_LOSS_LLM, names.VAL_LOSS_REC, names.COST_GPU_HOURS)
+    assert spelled == names.METRICS
     assert (names.TAG_VARIANT, names.TAG_TRIAL_ID, names.TAG_SCALE, names.TAG_GIT_COMMIT) == (
         "vlsa.variant",
         "vlsa.trial_id",

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..config.schema import METRICS as _SCHEMA_METRICS
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 LOSS_TOTAL = "loss/total"
@@ -23,13 +25,13 @@ LOSS_TOTAL = "loss/total"
 LOSS_LLM = "loss/llm"
 """Next-token cross-entropy over all supervised tokens."""
 LOSS_REC = "loss/rec"
-"""Flow-matching reconstruction loss of the diffusion decoder."""
+"""Flow-matching reconstruction loss L_rec (Eq. 3) of the SD3 denoiser."""
 LOSS_VQ = "loss/vq"
-"""Token-level part of the LLM loss on visual (VQ) target tokens."""
+"""Token-level part of the LLM loss on the VQ-codebook answer tokens (cognition alignment)."""
 LOSS_PX = "loss/px"
-"""Token-level part of the LLM loss on the remaining (text) tokens."""
+"""Token-level part of the LLM loss on the pixel-value answer tokens (cognition alignment)."""
 LR = "lr"
-"""Learning rate of the LLM parameter group after the schedule."""
+"""Learning rate of the first parameter group after the schedule (each group also as ``lr/<group>``)."""
 STAGE = "stage"
 """Index of the running stage (0-based, in the order the experiment file writes them)."""
 THROUGHPUT = "throughput/samples_per_s"
@@ -39,20 +41,9 @@ VAL_LOSS_REC = "val/loss_rec"
 COST_GPU_HOURS = "cost/gpu_hours"
 """Device-hours used so far (``vlsa_platform.cluster.gpu_hours``; 0 on CPU workers)."""
 
-METRICS: tuple[str, ...] = (
-    LOSS_TOTAL,
-    LOSS_LLM,
-    LOSS_REC,
-    LOSS_VQ,
-    LOSS_PX,
-    LR,
-    STAGE,
-    THROUGHPUT,
-    VAL_LOSS_LLM,
-    VAL_LOSS_REC,
-    COST_GPU_HOURS,
-)
-"""Every fixed metric key (skipped-sample counts, :func:`skipped_metric`, come on top)."""
+# Every fixed metric key, in DESIGN §4's order (skipped-sample counts, :func:`skipped_metric`, come on top).
+# The experiment schema owns the tuple (a sweep's ``metric`` must be one of them); the names above spell it.
+METRICS = _SCHEMA_METRICS
 
 SKIPPED_PREFIX = "data/skipped/"
 SKIPPED_TOTAL = SKIPPED_PREFIX + "total"
