@@ -37,6 +37,7 @@ __all__ = [
     "AccessDeniedError",
     "NotFoundError",
     "StorageError",
+    "arrow_filesystem",
     "default_cache_dir",
     "exists",
     "is_s3",
@@ -49,6 +50,7 @@ __all__ = [
     "s3_client",
     "upload_dir",
     "upload_file",
+    "write_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -441,6 +443,43 @@ def open_text(
     if not is_s3(uri):
         return open(uri, encoding=encoding)
     return io.StringIO(read_text(uri, encoding, client=client))
+
+
+def write_text(uri: str | os.PathLike[str], text: str, *, client: S3Client | None = None) -> None:
+    """Write a small text file (local: atomically, through a temporary file; ``s3://``: one PUT)."""
+    if not is_s3(uri):
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    bucket, key = parse_s3(str(uri))
+    client = client or s3_client()
+    with _s3_errors(str(uri), client):
+        client.put_object(Bucket=bucket, Key=key, Body=text.encode())
+
+
+def arrow_filesystem(uri: str) -> Any:
+    """A ``pyarrow.fs.S3FileSystem`` for an ``s3://`` location, configured from the same AWS variables as
+    :func:`s3_client` (endpoint, keys, region), for libraries that take one (Ray Train's run storage);
+    ``None`` for a local path."""
+    if not is_s3(uri):
+        return None
+    import boto3
+    from pyarrow import fs
+
+    endpoint = _endpoint_from_env()
+    session = boto3.session.Session()
+    credentials = session.get_credentials()
+    frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    kwargs: dict[str, Any] = {"region": session.region_name or "us-east-1"}
+    if frozen is not None:
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        kwargs.update(endpoint_override=rest or endpoint, scheme=scheme if rest else "https")
+    return fs.S3FileSystem(**kwargs)
 
 
 def exists(uri: str | os.PathLike[str], *, client: S3Client | None = None) -> bool:

@@ -107,3 +107,29 @@ def test_shards_are_disjoint_and_equal():
     assert len(seen) == len(set(seen)) == 100
     with pytest.raises(ValueError):
         order.shard(4, 4)
+
+
+def test_group_by_modality_gives_every_rank_one_modality_per_micro_step():
+    """ZeRO-3 needs images on every rank or none at each micro-step: runs of micro_batch x world samples."""
+    from vlsa_platform.data.mixture import group_by_modality
+
+    plan = MixturePlan([MixtureSource("a", 50), MixtureSource("b", 23)], seed=3)
+    order = plan.epoch(0)
+
+    def has_image(dataset, position):  # "b" is text-only, and every 7th record of "a"
+        return dataset == "a" and position % 7 != 0
+
+    micro, world = 2, 3
+    grouped = group_by_modality(order, has_image, micro * world)
+    assert len(grouped) % (micro * world) == 0
+    images = sum(has_image(d, p) for d, p in order)
+    texts = len(order) - images
+    assert len(grouped) == images - images % 6 + texts - texts % 6
+    assert len(set(grouped)) == len(grouped) and set(grouped) <= set(order)  # no sample twice, none invented
+    shards = [list(grouped.shard(r, world)) for r in range(world)]
+    for k in range(len(shards[0]) // micro):
+        kinds = {has_image(*pair) for shard in shards for pair in shard[k * micro : (k + 1) * micro]}
+        assert len(kinds) == 1, k
+    # Both modalities stay spread over the epoch (not all images first).
+    first_text = next(i for i, pair in enumerate(grouped) if not has_image(*pair))
+    assert first_text < len(grouped) // 2

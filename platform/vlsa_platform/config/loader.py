@@ -181,6 +181,7 @@ def apply_scale(raw: dict[str, Any], lines: Lines, scale: Scale) -> None:
     data = _mapping(raw, "data")
     if data is not None:
         drop(data, ("data",), "root")
+        put(data, ("data",), "loader_workers", 0)  # tiny samples: extra processes cost more than they save
         datasets = data.get("datasets")
         if isinstance(datasets, dict):
             for name in datasets:

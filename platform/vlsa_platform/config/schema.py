@@ -324,6 +324,8 @@ class DataConfig(_Model):
     """Longest tokenized sample (visual tokens included); longer ones are truncated."""
     on_bad_sample: Literal["skip", "fail"] = "skip"
     """What a missing or unreadable image / malformed record does: ``skip`` it (counted) or ``fail`` the run."""
+    loader_workers: Annotated[int, Field(ge=0)] = 2
+    """Data-loading processes per training worker (PyTorch ``DataLoader``); 0 = load in the training process."""
     validation: ValidationSet | None = None
     """Validation data; ``null`` = no validation losses (a sweep on a ``val/`` metric needs it)."""
 
@@ -676,6 +678,11 @@ class TrackingConfig(_Model):
     """MLflow tracking URI; ``null`` = ``$MLFLOW_TRACKING_URI``, else a local SQLite store in the work directory."""
     log_every: PositiveInt = 10
     """Log training metrics every this many optimizer steps."""
+    recon_every: PositiveInt | None = 500
+    """Log a reconstruction panel (ground truth beside the decoded denoised latent, PNG) every this many
+    optimizer steps, at the first micro-batch with images from then on; ``null`` = never. Needs ``model.recon``."""
+    recon_samples: PositiveInt = 2
+    """Images per reconstruction panel (at most the micro-batch's)."""
 
 
 class StorageConfig(_Model):
@@ -683,6 +690,11 @@ class StorageConfig(_Model):
 
     path: str | None = None
     """A local directory or ``s3://bucket/prefix``; ``null`` = a folder under the local work directory."""
+    keep_checkpoints: PositiveInt = 2
+    """Checkpoints kept per stage (the newest; Ray Train's ``CheckpointConfig.num_to_keep``)."""
+    max_failures: Annotated[int, Field(ge=-1)] = 3
+    """Worker failures a stage survives by restarting its workers from the latest checkpoint (Ray Train's
+    ``FailureConfig``); ``-1`` = no limit, ``0`` = the first failure ends the run."""
 
 
 # --------------------------------------------------------------------------------------------------- root

@@ -12,7 +12,8 @@ sequence the dataset takes.
 A bad record (any ``BadSample``: missing or unreadable image, too long, ...) never raises out of
 ``__getitem__`` under ``on_bad_sample="skip"``: it is counted per reason (``skipped``, ``skip_counts()``,
 ``bad_records()``) and the next index that gives a good sample is returned instead (``index + 1``,
-``index + 2``, ... wrapping; deterministic, so every worker and every rerun sees the same substitution). Under
+``index + 2``, ... wrapping; one of the same modality — image or text-only — when there is one, so batches
+grouped by modality stay grouped; deterministic, so every worker and every rerun sees the same substitution). Under
 ``"fail"`` the first bad record raises, named by id, dataset and position.
 
 Counters live in the dataset object, so with ``DataLoader(num_workers > 0)`` each worker process counts its own;
@@ -181,23 +182,29 @@ class VLSADataset(Dataset):
             raise IndexError(f"index {index} out of range for {n} records")
         index %= n
         met: list[Skip] = []
-        for step in range(min(self.max_tries, n)):
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            record = self.records[i]
-            try:
-                sample = self.encode(record)
-            except BadSample as exc:
-                named = exc.for_record(record.dataset, record.index, record.id)
-                if self.on_bad_sample == "fail":
-                    raise named from exc
-                skip = named.to_skip()
-                self._bad[i] = skip
-                self.skipped[exc.reason] += 1
-                met.append(skip)
-                continue
-            return dataclasses.replace(sample, skips=tuple(met)) if met else sample
+        with_image = self.records[index].image is not None
+        # A substitute of the same modality first (so a sampler that groups batches by modality, as ZeRO-3
+        # needs, keeps its groups), then any.
+        for same_modality in (True, False):
+            for step in range(min(self.max_tries, n)):
+                i = (index + step) % n
+                if i in self._bad:
+                    continue
+                record = self.records[i]
+                if same_modality and (record.image is not None) != with_image:
+                    continue
+                try:
+                    sample = self.encode(record)
+                except BadSample as exc:
+                    named = exc.for_record(record.dataset, record.index, record.id)
+                    if self.on_bad_sample == "fail":
+                        raise named from exc
+                    skip = named.to_skip()
+                    self._bad[i] = skip
+                    self.skipped[exc.reason] += 1
+                    met.append(skip)
+                    continue
+                return dataclasses.replace(sample, skips=tuple(met)) if met else sample
         raise RuntimeError(
             f"no usable sample in {min(self.max_tries, n)} records from index {index} "
             f"(skipped so far: {self.skip_counts()}); check the data with `vlsa-platform data inspect`"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "MixturePlan",
     "MixtureSource",
     "build_mixture_plan",
+    "group_by_modality",
     "select",
     "validation_positions",
 ]
@@ -174,6 +175,30 @@ class MixturePlan:
         order = _rng(self.seed, "shuffle", epoch).permutation(len(position))
         names = tuple(s.dataset for s in self.sources)
         return EpochOrder(names, entry[order], position[order])
+
+
+def group_by_modality(order: EpochOrder, has_image: Callable[[str, int], bool], block: int) -> EpochOrder:
+    """``order`` rearranged so that every aligned run of ``block`` samples is all-image or all-text.
+
+    With ``block = micro_batch x world_size``, the ``k``-th micro-batch of every rank (after
+    :meth:`EpochOrder.shard`) comes from run ``k``, so all ranks see images, or none, at the same micro-step
+    (what ZeRO-3 needs: each rank all-gathers the parameters of the sub-modules it runs, so the ranks must
+    run the same ones). LLaVA's ``group_by_modality_length`` sampler solves the same problem the same way.
+    Within a modality the epoch's shuffled order is kept; runs are placed by the position of their first
+    sample, so both modalities stay spread over the epoch. The last ``< block`` samples of each modality
+    that do not fill a run are dropped for this epoch (a different subset each epoch, as the order differs).
+    """
+    if block < 1:
+        raise ValueError(f"block must be positive, got {block}")
+    flags = np.fromiter((has_image(d, p) for d, p in order), dtype=bool, count=len(order))
+    runs: list[np.ndarray] = []
+    for modality in (True, False):
+        where = np.flatnonzero(flags == modality)
+        usable = len(where) - len(where) % block
+        runs.extend(where[i : i + block] for i in range(0, usable, block))
+    runs.sort(key=lambda run: int(run[0]))
+    index = np.concatenate(runs) if runs else np.empty(0, dtype=np.int64)
+    return EpochOrder(order.datasets, order.entry[index], order.position[index])
 
 
 def build_mixture_plan(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peft import LoraConfig, get_peft_model
 from torch import nn
 
 LLAMA_LINEARS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -26,6 +25,8 @@ class LoraSettings:
 
 def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     """Wrap ``model.language_model`` in a peft LoRA model; only the adapters are trainable inside it."""
+    from peft import LoraConfig, get_peft_model  # imported here: peft takes seconds to import
+
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,

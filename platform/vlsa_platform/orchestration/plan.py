@@ -68,30 +68,12 @@ def _model_numbers(config: ExperimentConfig) -> tuple[dict[str, tuple[int, int]]
     """``(parameter counts by part, visual tokens per image, dimensions)`` from the model side (counts from the
     meta device, cached; dimensions read off the config)."""
     from ..model.accounting import parameter_counts, visual_tokens_per_image
-    from ..model.lora import LoraSettings
-    from ..model.presets import build_vlsa_config, vq_config
+    from ..train.build import lora_settings_for, vlsa_config_for
 
-    model = config.model
-    extra_vocab = 0
-    if model.cognition and config.data.cognition.vq_format == "special":
-        extra_vocab = int(vq_config(model.preset)["num_vq_embeddings"])  # one added token per VQ code
-    lora = None
-    if model.lora.enabled:
-        lora = LoraSettings(
-            r=model.lora.r,
-            alpha=model.lora.alpha,
-            dropout=model.lora.dropout,
-            target_modules=tuple(model.lora.target_modules),
-        )
     try:
-        vlsa = build_vlsa_config(
-            model.preset,
-            vision=model.vision,
-            recon=model.recon,
-            max_grid=tuple(model.max_grid),
-            recon_resolution=model.recon_resolution,
-            extra_vocab=extra_vocab,
-        )
+        # Counts do not depend on the kernel; the driver need not have the workers' flash-attn.
+        vlsa = vlsa_config_for(config, attn_implementation="sdpa")
+        lora = lora_settings_for(config)
         return parameter_counts(vlsa, lora), visual_tokens_per_image(vlsa), ModelDims.from_vlsa_config(vlsa)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None

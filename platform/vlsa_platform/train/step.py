@@ -2,14 +2,17 @@
 
 ``total = w_llm * loss_llm + w_rec * loss_rec`` (DESIGN.md §2; weights from :func:`.schedules.loss_weights`).
 A part the batch does not produce (no labelled tokens, no image for L_rec) contributes 0 (a batch
-with neither gives a zero loss that still steps, so every rank runs the same collectives). A non-finite total
-skips the micro-batch on every rank (no backward, no step: the accumulation window waits for the next
+with neither gives a zero loss that still steps, so every rank runs the same collectives). A micro-batch whose
+graph reaches no trainable parameter (a text-only sample where only the vision side trains) takes zero terms
+under ZeRO 0-2, so it still steps, and is skipped under ZeRO-3 (counted as ``skipped_no_grad``). A non-finite
+total skips the micro-batch on every rank (no backward, no step: the accumulation window waits for the next
 micro-batch) and is counted, so one bad batch cannot write NaNs into the weights.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,7 +45,7 @@ def _with_unused_parameters(loss: torch.Tensor, module: torch.nn.Module) -> torc
     (and Epigone, the denoiser) without gradients there while another rank has them, so ZeRO's bucketed
     gradient reductions disagree in size (gloo aborts: "Received data size doesn't match expected size"). The
     zero terms give every trainable parameter a (zero) gradient on every rank, so the collectives match and
-    the update is unchanged. (ZeRO-3 differs already in the forward: see :func:`_check_same_structure`.)
+    the update is unchanged. (ZeRO-3 differs already in the forward: see :func:`check_same_structure`.)
     """
     reached = _reached_parameters(loss)
     unused = [p for p in module.parameters() if p.requires_grad and id(p) not in reached]
@@ -55,7 +58,7 @@ def _with_unused_parameters(loss: torch.Tensor, module: torch.nn.Module) -> torc
 _STRUCTURE_KEYS = ("pixel_values", "recon_pixel_values", "recon_latent_params", "labels")
 
 
-def _check_same_structure(batch: dict[str, Any]) -> None:
+def check_same_structure(batch: dict[str, Any]) -> None:
     """Under ZeRO-3 every rank must run the same sub-modules in its forward: each module's parameters are
     all-gathered when it runs, so a rank without images skips the vision tower's gathers while the others wait
     in them (a mismatched collective: gloo aborts, NCCL hangs). A zero loss term cannot help there, so the
@@ -77,6 +80,18 @@ def _check_same_structure(batch: dict[str, Any]) -> None:
         )
 
 
+def _reaches_trainable(loss: torch.Tensor, batch: dict[str, Any], strategy: DeepSpeedStrategy) -> bool:
+    """Whether ``loss``'s graph reaches a trainable parameter. A batch with images reaches every part on the
+    image path (all but the LLM, and the LLM sits on every path), so only a text-only batch is checked (with
+    gradient checkpointing the LLM's inputs require grad, so ``loss.requires_grad`` alone does not tell)."""
+    if not loss.requires_grad:
+        return False
+    if batch.get("pixel_values") is not None:
+        return True
+    reached = _reached_parameters(loss)
+    return any(p.requires_grad and id(p) in reached for p in strategy.engine.module.parameters())
+
+
 def _all_finite(value: torch.Tensor) -> bool:
     """Whether the loss is finite on every rank (all ranks must agree to skip, or ZeRO's collectives hang)."""
     bad = torch.tensor([0.0 if bool(torch.isfinite(value.detach()).all()) else 1.0])
@@ -92,6 +107,7 @@ def train_step(
     batch: dict[str, Any],
     weights: tuple[float, float],
     stats: dict[str, int] | None = None,
+    on_output: Callable[[Any], None] | None = None,
 ) -> dict[str, float]:
     """Train on one micro-batch; returns float metrics.
 
@@ -99,11 +115,15 @@ def train_step(
     part), ``lr`` (the first param group's) and ``lr/<group>``, ``optimizer_step`` (1.0 when the optimizer
     stepped), ``skipped_nonfinite`` (the running count in ``stats``, 1 or 0 without it) and, after a step,
     ``grad_norm``. ``stats`` (a dict the caller keeps across steps) accumulates ``skipped_nonfinite``.
+    ``on_output`` is called with the model's output before the backward pass (e.g. to keep the L_rec latents
+    for a reconstruction panel; detach what you keep).
     """
     w_llm, w_rec = weights
     if strategy.zero_stage == 3 and strategy.world_size_now > 1:
-        _check_same_structure(batch)
+        check_same_structure(batch)
     out = strategy.forward(**batch)
+    if on_output is not None:
+        on_output(out)
     loss_llm, loss_rec = getattr(out, "loss_llm", None), getattr(out, "loss_rec", None)
     terms = [w * part for w, part in ((w_llm, loss_llm), (w_rec, loss_rec)) if part is not None and w != 0]
     # Nothing to learn from (no labelled token, no L_rec target, or zero weights): a zero loss still goes
@@ -115,11 +135,18 @@ def train_step(
         value = getattr(out, f"loss_{name}", None)
         metrics[f"loss/{name}"] = float(value.detach()) if value is not None else math.nan
     stats = stats if stats is not None else {}
+    reaches_trainable = _reaches_trainable(total, batch, strategy)
     if not _all_finite(total):
         stats["skipped_nonfinite"] = stats.get("skipped_nonfinite", 0) + 1
         metrics["optimizer_step"] = 0.0
+    elif not reaches_trainable and strategy.zero_stage == 3:
+        # Nothing trainable in this micro-batch's graph (e.g. a text-only sample in a stage that trains only
+        # the vision side). ZeRO-3 cannot take zero terms (its parameters are partitioned outside the
+        # forward), so the micro-batch is skipped; every rank has the same structure here, so all skip.
+        stats["skipped_no_grad"] = stats.get("skipped_no_grad", 0) + 1
+        metrics["optimizer_step"] = 0.0
     else:
-        if strategy.needs_all_parameters_in_graph:
+        if strategy.needs_all_parameters_in_graph or not reaches_trainable:
             total = _with_unused_parameters(total, strategy.engine.module)
         strategy.backward(total)
         stepped = strategy.step()
@@ -129,10 +156,11 @@ def train_step(
             if norm is not None:
                 metrics["grad_norm"] = norm
     metrics["skipped_nonfinite"] = float(stats.get("skipped_nonfinite", 0))
+    metrics["skipped_no_grad"] = float(stats.get("skipped_no_grad", 0))
     lrs = strategy.learning_rates()
     metrics["lr"] = next(iter(lrs.values()))
     metrics.update({f"lr/{name}": value for name, value in lrs.items()})
     return metrics
 
 
-__all__ = ["LOSS_PARTS", "train_step"]
+__all__ = ["LOSS_PARTS", "check_same_structure", "train_step"]

@@ -14,6 +14,7 @@ like the rest, but never updates them).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Callable
@@ -259,20 +260,83 @@ class DeepSpeedStrategy:
     def save(
         self, directory: str | Path, client_state: dict[str, Any] | None = None, tag: str | None = None
     ) -> None:
-        """Every rank calls this (ZeRO shards are per rank). ``client_state`` (data position, step...) is saved
-        with the engine, optimizer and scheduler states, plus this process's RNG states under ``rng``."""
-        state = {**(client_state or {}), "rng": rng_state()}
-        self._need_engine().save_checkpoint(str(directory), tag=tag, client_state=state)
+        """Every rank calls this (ZeRO shards are per rank; each rank may write to its own folder, as Ray
+        Train's workers do, and the folders merge). ``client_state`` (data position, step...) is saved with the
+        engine, optimizer and scheduler states; each rank's RNG states go to ``<tag>/rng_rank<R>.pt`` (DeepSpeed
+        keeps the client state of one rank only, and every rank draws its own noise)."""
+        engine = self._need_engine()
+        tag = tag or f"global_step{engine.global_steps}"
+        engine.save_checkpoint(str(directory), tag=tag, client_state=dict(client_state or {}))
+        torch.save(rng_state(), Path(directory) / tag / _rng_file(_rank()))
 
     def load(self, directory: str | Path, tag: str | None = None, restore_rng: bool = True) -> dict[str, Any]:
         """Load a checkpoint written by :meth:`save` into the prepared engine; returns its client state (and
-        restores the RNG states saved with it unless ``restore_rng`` is False)."""
+        restores this rank's RNG states unless ``restore_rng`` is False)."""
         path, client_state = self._need_engine().load_checkpoint(str(directory), tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory} (tag {tag or 'latest'})")
-        if restore_rng and "rng" in client_state:
-            set_rng_state(client_state["rng"])
-        return client_state
+        if tag is None:
+            tag = (Path(directory) / "latest").read_text().strip()
+        rng_path = Path(directory) / tag / _rng_file(_rank())
+        if restore_rng:
+            if not rng_path.exists():
+                raise FileNotFoundError(
+                    f"{rng_path} is missing: the checkpoint was written by another number of ranks"
+                )
+            set_rng_state(torch.load(rng_path, weights_only=False))
+        return client_state or {}
+
+    # -- devices, gathering, export ------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device the engine computes on (batches go there)."""
+        return self._need_engine().device
+
+    def gathered(self, module: nn.Module) -> Any:
+        """Context in which ``module``'s parameters are whole on every rank (ZeRO-3 partitions them; a no-op
+        for ZeRO 0-2). Every rank must enter it together."""
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's state dict as CPU copies (no shared storage) on rank 0, ``None`` on the others.
+        Every rank must call it (ZeRO-3 gathers one module at a time, so no rank holds the whole model on its
+        device at once)."""
+        module = self._need_engine().module
+        rank = _rank()
+        if self.zero_stage != 3:
+            if rank != 0:
+                return None
+            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        import deepspeed
+
+        state: dict[str, torch.Tensor] = {}
+        for prefix, sub in module.named_modules():
+            params = list(sub.parameters(recurse=False))
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                if rank == 0:
+                    for name, tensor in (
+                        *sub.named_parameters(recurse=False),
+                        *sub.named_buffers(recurse=False),
+                    ):
+                        if tensor is not None and name not in sub._non_persistent_buffers_set:
+                            key = f"{prefix}.{name}" if prefix else name
+                            state[key] = tensor.detach().to("cpu", copy=True)
+        return state if rank == 0 else None
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
 
 
 __all__ = ["DeepSpeedStrategy", "param_groups", "rng_state", "set_rng_state"]

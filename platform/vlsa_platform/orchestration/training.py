@@ -1,0 +1,292 @@
+"""A training run: its stages, in order, each a Ray Train ``TorchTrainer`` whose workers run ``train.loop``.
+
+Layout of a run in the run storage (a local folder or ``s3://``, ``storage.path``)::
+
+    <storage>/<experiment>/<run name>/
+        tracking.json            the MLflow run id (a re-launch logs to the same run)
+        <stage>/                 Ray Train's run folder for the stage (RunConfig(storage_path, name))
+            checkpoint_*/        DeepSpeed state of every rank, progress.json; the last also model/
+        <stage>.complete.json    written when the stage finished: its final checkpoint, steps, device-hours
+
+Each stage gets the ``ScalingConfig`` of its resolved placement (workers, GPU or not, the accelerator-type
+resource that lands them on their class), a ``FailureConfig`` (a dead worker is replaced and the stage resumes
+from its latest checkpoint) and a ``CheckpointConfig`` keeping the newest ``storage.keep_checkpoints``.
+Stage N+1 starts from the model exported in stage N's final checkpoint. Re-launching a run with the same name
+skips the stages marked complete and resumes the interrupted one from its latest checkpoint (Ray Train V2
+restores a run's checkpoint history from its storage folder).
+
+This module is the only one in the training path that imports Ray (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import storage
+from ..config.schema import ExperimentConfig
+from ..tracking import names
+from ..tracking.store import TrackingStore
+from ..tracking.tracker import Tracker, git_commit
+from ..train.loop import EXPORT_DIR, PROGRESS_FILE, StageSpec
+from .plan import PlannedRun, plan_run
+
+log = logging.getLogger(__name__)
+
+TRACKING_FILE = "tracking.json"
+TARGETS_DIR = "targets"
+
+
+def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
+    """Where a run keeps its checkpoints (``<storage>/<experiment>/<run name>``)."""
+    return storage.join(storage_root, names._path_part(experiment), names._path_part(run_name))
+
+
+def _complete_marker(directory: str, stage: str) -> str:
+    return storage.join(directory, f"{stage}.complete.json")
+
+
+@dataclass
+class StageOutcome:
+    """How a stage ended (the content of ``<stage>.complete.json``)."""
+
+    stage: str
+    checkpoint: str
+    """Its final checkpoint (local folder or ``s3://``); the exported model is in ``<checkpoint>/model``."""
+    global_step: int
+    stage_steps: int
+    gpu_hours: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The last metrics rank 0 reported."""
+
+    @property
+    def model(self) -> str:
+        return storage.join(self.checkpoint, EXPORT_DIR)
+
+
+@dataclass
+class TrainingResult:
+    """A finished run: where it lives, its MLflow run, and each stage's outcome."""
+
+    name: str
+    directory: str
+    run_id: str | None
+    stages: list[StageOutcome]
+
+    @property
+    def final_model(self) -> str:
+        return self.stages[-1].model
+
+
+# --------------------------------------------------------------------------------------------- the worker
+
+
+class _RayWorkerContext:
+    """:class:`vlsa_platform.train.loop.WorkerContext` on Ray Train."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield folder
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of every stage."""
+    from ..train.loop import run_stage
+
+    run_stage(StageSpec.from_dict(loop_config["spec"]), _RayWorkerContext())
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+
+def _scaling_config(placement: Mapping[str, Any], loader_workers: int) -> Any:
+    """Ray Train's ``ScalingConfig`` of a resolved placement: one CPU per worker plus its loader processes, a
+    GPU when ``use_gpu``, and, through ``accelerator_type``, the ``accelerator_type:<TYPE>`` resource that
+    lands the workers on their class (``cluster.accelerators.ray_resources``)."""
+    from ray.train import ScalingConfig
+
+    resources: dict[str, float] = {"CPU": float(1 + loader_workers)}
+    if placement["use_gpu"]:
+        resources["GPU"] = 1.0
+    return ScalingConfig(
+        num_workers=placement["num_workers"],
+        use_gpu=placement["use_gpu"],
+        accelerator_type=placement["accelerator_type"],
+        resources_per_worker=resources,
+    )
+
+
+def _fit_stage(
+    spec: StageSpec,
+    directory: str,
+    config: ExperimentConfig,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    placement = spec.placement
+    run_config = RunConfig(
+        name=spec.stage,
+        storage_path=directory,
+        storage_filesystem=storage.arrow_filesystem(directory),
+        failure_config=FailureConfig(max_failures=config.storage.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=config.storage.keep_checkpoints),
+        callbacks=list(callbacks) or None,
+    )
+    if storage.is_s3(directory):  # pyarrow takes the bucket/prefix without the scheme
+        run_config.storage_path = directory[len("s3://") :]
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"spec": spec.to_dict()},
+        scaling_config=_scaling_config(placement, config.data.loader_workers),
+        run_config=run_config,
+        torch_config=TorchConfig(backend="nccl" if placement["use_gpu"] else "gloo"),
+    )
+    return trainer.fit()
+
+
+def _checkpoint_location(checkpoint: Any, directory: str) -> str:
+    """A Ray checkpoint's path as a location our storage helpers read (``s3://`` again for S3)."""
+    path = checkpoint.path
+    return f"s3://{path.lstrip('/')}" if storage.is_s3(directory) else path
+
+
+def _attach_tracking(
+    directory: str,
+    run: PlannedRun,
+    store: TrackingStore | None,
+    parent_run_id: str | None,
+    tags: Mapping[str, str],
+) -> Tracker | None:
+    """The run's MLflow run: the one a previous launch recorded in ``tracking.json``, else a new one (a child
+    of ``parent_run_id`` when given) with the resolved config, params and tags."""
+    if store is None:
+        return None
+    marker = storage.join(directory, TRACKING_FILE)
+    if storage.exists(marker):
+        recorded = json.loads(storage.read_text(marker))
+        return Tracker.for_run(recorded["run_id"], store=store)
+    config = run.config
+    all_tags = {
+        **names.run_tags(scale=config.model.preset, variant=run.variant, git_commit=git_commit()),
+        **dict(tags),
+    }
+    if parent_run_id:
+        tracker = Tracker.start_child(parent_run_id, run.name, tags=all_tags, store=store)
+    else:
+        tracker = Tracker.start_parent(config.name, run.name, tags=all_tags, store=store)
+    tracker.log_config(config.resolved())
+    storage.write_text(marker, json.dumps({"run_id": tracker.run_id, "tracking_uri": store.uri}))
+    return tracker
+
+
+def run_training(
+    run: PlannedRun,
+    *,
+    storage_root: str,
+    store: TrackingStore | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainingResult:
+    """Train ``run`` through all its stages (resuming a run of the same name found in ``storage_root``).
+
+    Args:
+        run: the run (``plan.expand_runs``), with its config.
+        storage_root: the run storage (``storage.path``, local or ``s3://``).
+        store: where MLflow is (``tracking.store.resolve_store``); ``None`` = no tracking.
+        parent_run_id: the submission's parent MLflow run, if any (this run becomes its child).
+        run_name: name of the run folder and MLflow run (default: ``run.name``).
+        tags: extra MLflow tags (``vlsa.trial_id``...).
+        callbacks: Ray Train callbacks for every stage (e.g. Tune's ``TuneReportCallback``).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("run_training needs a Ray cluster: call ray.init() (or submit) first")
+    config = run.config
+    name = run_name or run.name
+    directory = run_dir(storage_root, config.name, name)
+    plan = plan_run(run)
+    tracker = _attach_tracking(directory, run, store, parent_run_id, tags or {})
+    resolved = config.resolved()
+    outcomes: list[StageOutcome] = []
+    previous: StageOutcome | None = None
+    status = "FAILED"
+    try:
+        for index, planned in enumerate(plan["stages"]):
+            stage = planned["name"]
+            marker = _complete_marker(directory, stage)
+            if storage.exists(marker):
+                previous = StageOutcome(**json.loads(storage.read_text(marker)))
+                outcomes.append(previous)
+                log.info("stage %s of %s is complete; skipping it", stage, name)
+                continue
+            spec = StageSpec(
+                config=resolved,
+                stage=stage,
+                stage_index=index,
+                placement=planned["placement"],
+                steps=planned["steps"],
+                step_offset=previous.global_step if previous else 0,
+                init_from=previous.model if previous else None,
+                run_id=tracker.run_id if tracker else None,
+                tracking_uri=store.uri if store else None,
+                gpu_hours_before=previous.gpu_hours if previous else 0.0,
+                target_cache=storage.join(storage_root, names._path_part(config.name), TARGETS_DIR),
+            )
+            result = _fit_stage(spec, directory, config, callbacks)
+            if result.error is not None:
+                raise RuntimeError(f"stage {stage} of run {name} failed: {result.error}") from result.error
+            if result.checkpoint is None:
+                raise RuntimeError(f"stage {stage} of run {name} ended without a checkpoint")
+            location = _checkpoint_location(result.checkpoint, directory)
+            progress = json.loads(storage.read_text(storage.join(location, PROGRESS_FILE)))
+            previous = StageOutcome(
+                stage=stage,
+                checkpoint=location,
+                global_step=int(progress["global_step"]),
+                stage_steps=int(progress["stage_steps"]),
+                gpu_hours=float(progress["gpu_hours"]),
+                metrics={
+                    k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
+                },
+            )
+            storage.write_text(marker, json.dumps(previous.__dict__, sort_keys=True))
+            outcomes.append(previous)
+        status = "FINISHED"
+    finally:
+        if tracker is not None:
+            tracker.close(status=status, timeout=30)
+    return TrainingResult(
+        name=name, directory=directory, run_id=tracker.run_id if tracker else None, stages=outcomes
+    )
+
+
+__all__ = ["StageOutcome", "TrainingResult", "run_dir", "run_training"]

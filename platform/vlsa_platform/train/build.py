@@ -1,0 +1,151 @@
+"""From an experiment config to the objects one training run is made of: model config, model, tokenizer.
+
+The plan (``orchestration.plan``) and the training workers both go through :func:`vlsa_config_for`, so the
+parameter counts the plan prints are those of the model that trains. Initial weights: the ``tiny`` preset
+draws them from the experiment's seed (every worker builds the same model); the ``paper`` preset loads each
+sub-model from ``model.weights`` (hub id, local folder or ``s3://``, :mod:`.weights`). A stage after the
+first replaces them with the previous stage's exported weights (:func:`load_exported`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .. import storage
+from ..config.schema import ExperimentConfig
+from ..model.configuration_vlsa import VLSAConfig
+from ..model.lora import LoraSettings, apply_lora
+from ..model.modeling_vlsa import VLSAForConditionalGeneration
+
+#: File names of an exported model (``export_dir``): the weights, and the run's model config beside them.
+WEIGHTS_FILE = "model.safetensors"
+EXPORT_INFO_FILE = "export.json"
+
+
+def extra_vocab(config: ExperimentConfig) -> int:
+    """Tokens added to the LLM's vocabulary: one per VQ code with ``vq_format: special``."""
+    from ..model.presets import vq_config
+
+    if config.model.cognition and config.data.cognition.vq_format == "special":
+        return int(vq_config(config.model.preset)["num_vq_embeddings"])
+    return 0
+
+
+def lora_settings_for(config: ExperimentConfig) -> LoraSettings | None:
+    """The LoRA settings of ``model.lora``, or ``None`` when LoRA is off."""
+    lora = config.model.lora
+    if not lora.enabled:
+        return None
+    return LoraSettings(
+        r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=tuple(lora.target_modules)
+    )
+
+
+def vlsa_config_for(config: ExperimentConfig, attn_implementation: str | None = None) -> VLSAConfig:
+    """The model config of an experiment: its preset, the three switches and geometry, the added vocabulary.
+    Raises ``ValueError`` for a combination the model side rejects."""
+    from ..model.presets import build_vlsa_config
+
+    model = config.model
+    return build_vlsa_config(
+        model.preset,
+        vision=model.vision,
+        recon=model.recon,
+        max_grid=tuple(model.max_grid),
+        recon_resolution=model.recon_resolution,
+        extra_vocab=extra_vocab(config),
+        attn_implementation=attn_implementation or model.attn_implementation,
+    )
+
+
+def build_tokenizer(config: ExperimentConfig) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer (the preset's, or ``model.weights.llm``'s), with the VQ tokens added for
+    ``vq_format: special``."""
+    from ..data.cognition import add_vq_tokens
+    from ..model.tokenizer import load_tokenizer
+
+    source = config.model.weights.llm if config.model.preset == "paper" else None
+    if source and storage.is_s3(source):
+        source = str(storage.materialize(source))
+    tokenizer = load_tokenizer(config.model.preset, source)
+    added = extra_vocab(config)
+    if added:
+        add_vq_tokens(tokenizer, added)
+    return tokenizer
+
+
+def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VLSAForConditionalGeneration:
+    """The model a stage starts from, in float32 on the CPU (the DeepSpeed strategy moves and casts it).
+
+    ``init_from``: an exported model folder (local or ``s3://``, :func:`export_dir`) of the previous stage;
+    ``None``: the initial weights (the ``tiny`` preset's from ``seed``, the ``paper`` preset's from
+    ``model.weights`` or the published checkpoints). LoRA adapters, when on, are added in every stage so
+    exports of all stages have the same keys (they train only where ``llm`` is trainable).
+    """
+    vlsa = vlsa_config_for(config)
+    torch.manual_seed(config.seed)  # new modules (and all tiny weights) are the same in every worker
+    if config.model.preset == "tiny" or init_from is not None:
+        model = VLSAForConditionalGeneration(vlsa)
+    else:
+        from ..model.presets import PAPER_SOURCES
+        from .weights import load_initial_model
+
+        weights = config.model.weights
+        sources = {
+            part: getattr(weights, part) or ":".join(x for x in PAPER_SOURCES[part] if x)
+            for part in ("llm", "vision_encoder", "vae", "denoiser")
+            if vlsa.recon or part not in ("vae", "denoiser")
+        }
+        model = load_initial_model(vlsa, sources)
+    lora = lora_settings_for(config)
+    if lora is not None:
+        apply_lora(model, lora)
+    if init_from is not None:
+        load_exported(model, init_from)
+    return model
+
+
+def load_exported(model: torch.nn.Module, location: str) -> None:
+    """Load an exported model's weights into ``model`` (every key must match: same variant and LoRA)."""
+    from safetensors.torch import load_file
+
+    local = Path(storage.materialize(location)) if storage.is_s3(location) else Path(location)
+    state = load_file(str(local / WEIGHTS_FILE))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"the exported model in {location} does not fit this model (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}): was it trained with other model switches or LoRA?"
+        )
+
+
+def write_export(
+    directory: str | Path, state: dict[str, torch.Tensor], vlsa: VLSAConfig, info: dict[str, Any]
+) -> None:
+    """Write an exported model: ``model.safetensors`` (a full state dict, no shared tensors), the
+    ``config.json`` of :class:`VLSAConfig` and ``export.json`` (stage, step, trainable parts...)."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
+    vlsa.save_pretrained(str(out))
+    (out / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+
+
+__all__ = [
+    "EXPORT_INFO_FILE",
+    "WEIGHTS_FILE",
+    "build_model",
+    "build_tokenizer",
+    "extra_vocab",
+    "load_exported",
+    "lora_settings_for",
+    "vlsa_config_for",
+    "write_export",
+]

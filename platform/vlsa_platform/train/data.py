@@ -1,0 +1,203 @@
+"""A stage's data on one worker: its shard of each epoch, as micro-batches, resumable at any micro-step.
+
+Every rank computes the same epoch order (``data.mixture``, seeded by the experiment's seed and the epoch) and
+takes every ``world_size``-th sample of it. Under ZeRO-3 with several ranks the order is first grouped by
+modality (:func:`~vlsa_platform.data.mixture.group_by_modality`) so all ranks see images, or none, at the same
+micro-step. An epoch gives ``len(shard) // micro_batch`` micro-batches on every rank; the micro-step counter
+(kept in checkpoints) alone says where the data stands, so a resumed worker continues with the very batch
+the lost one would have trained on next. Loading is deterministic: the dataset draws its cognition turns from
+``(seed, epoch, record id)``, never from a process's RNG, so ``DataLoader`` worker processes change nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from transformers import PreTrainedTokenizerBase
+
+from ..config.schema import ExperimentConfig, StageConfig
+from ..data.cognition import CognitionHook, CognitionSettings
+from ..data.dataset import EpochRecords, Sample, VLSADataset, collate
+from ..data.mixture import EpochOrder, build_mixture_plan, group_by_modality
+from ..data.records import dataset_location, read_records
+from ..data.types import Record, Skip
+from ..model.configuration_vlsa import VLSAConfig
+
+
+@dataclass
+class Batch:
+    """A collated micro-batch and the bad records the loader skipped to fill it."""
+
+    tensors: dict[str, torch.Tensor]
+    skips: tuple[Skip, ...] = ()
+    samples: int = 0
+
+
+@dataclass
+class _Collate:
+    """Picklable collate for ``DataLoader`` workers: the model batch plus the skips met."""
+
+    pad_token_id: int
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        skips = tuple(skip for s in samples for skip in s.skips)
+        return Batch(collate(samples, self.pad_token_id), skips, len(samples))
+
+
+@dataclass
+class DataSources:
+    """Every dataset a stage reads, loaded once: records by dataset name and their image roots."""
+
+    records: dict[str, list[Record]] = field(default_factory=dict)
+    image_roots: dict[str, str] = field(default_factory=dict)
+    unreadable: dict[str, list[Skip]] = field(default_factory=dict)
+    """Records each file's reader rejected (bad JSON, missing keys...), by dataset."""
+
+    @classmethod
+    def read(cls, config: ExperimentConfig, names: Sequence[str]) -> DataSources:
+        sources = cls()
+        for name in dict.fromkeys(names):
+            path, image_root = dataset_location(config.data.datasets[name], config.data.root)
+            records, skips = read_records(path, dataset=name, on_bad=config.data.on_bad_sample)
+            if not records:
+                raise ValueError(f"dataset {name!r} ({path}) has no usable records")
+            sources.records[name], sources.image_roots[name], sources.unreadable[name] = (
+                records,
+                image_root,
+                skips,
+            )
+        return sources
+
+    def has_image(self, dataset: str, position: int) -> bool:
+        return self.records[dataset][position].image is not None
+
+
+def cognition_hook(config: ExperimentConfig, vq_lookup: Any = None) -> CognitionHook | None:
+    """The dataset's cognition hook when ``model.cognition`` is on (``vq_lookup`` gives the VQ grids)."""
+    if not config.model.cognition:
+        return None
+    return CognitionHook(CognitionSettings.from_config(config.data.cognition), config.seed, vq_lookup)
+
+
+class StageData:
+    """One rank's micro-batches of one stage (and its validation shard).
+
+    Args:
+        config: the run's experiment config.
+        stage: the stage's config (its ``mixture``).
+        vlsa: the model config (geometry, recon).
+        tokenizer: the LLM's tokenizer.
+        rank, world_size: this worker's data-parallel position.
+        micro_batch: samples per micro-batch.
+        by_modality: group each epoch by modality (ZeRO-3 with several ranks).
+        cognition: the cognition hook, or ``None``.
+        latent_cache: cached VAE latents (``data.targets.CachedTargets``), or ``None``.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        stage: StageConfig,
+        vlsa: VLSAConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        rank: int,
+        world_size: int,
+        micro_batch: int,
+        by_modality: bool,
+        cognition: CognitionHook | None = None,
+        latent_cache: Any = None,
+    ) -> None:
+        self.config, self.stage, self.vlsa, self.tokenizer = config, stage, vlsa, tokenizer
+        self.rank, self.world_size, self.micro_batch = rank, world_size, micro_batch
+        self.by_modality = by_modality
+        self.cognition, self.latent_cache = cognition, latent_cache
+        validation = config.data.validation
+        names = [e.dataset for e in stage.mixture] + ([validation.dataset] if validation else [])
+        self.sources = DataSources.read(config, names)
+        sizes = {name: len(recs) for name, recs in self.sources.records.items()}
+        self.plan, self._val_positions = build_mixture_plan(stage.mixture, sizes, config.seed, validation)
+        if len(self.plan) == 0:
+            raise ValueError("the stage's mixture selects no records")
+        self.micro_batches_per_epoch = len(self._shard(0)) // micro_batch
+        if self.micro_batches_per_epoch == 0:
+            raise ValueError(
+                f"an epoch of {len(self.plan)} samples gives no whole micro-batch of {micro_batch} on each of "
+                f"{world_size} workers"
+            )
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def steps_for_epochs(self, epochs: float, global_batch: int) -> int:
+        """Optimizer steps of ``epochs`` passes (the plan's rule: ``ceil(epochs x samples / global_batch)``)."""
+        return max(1, math.ceil(epochs * len(self.plan) / global_batch))
+
+    def _group(self, order: EpochOrder) -> EpochOrder:
+        if not self.by_modality:
+            return order
+        return group_by_modality(order, self.sources.has_image, self.micro_batch * self.world_size)
+
+    def _shard(self, epoch: int) -> EpochOrder:
+        return self._group(self.plan.epoch(epoch)).shard(self.rank, self.world_size)
+
+    def _dataset(self, order: Sequence[tuple[str, int]], epoch: int) -> VLSADataset:
+        return VLSADataset(
+            EpochRecords(order, self.sources.records),
+            tokenizer=self.tokenizer,
+            config=self.vlsa,
+            image_roots=self.sources.image_roots,
+            max_length=self.config.data.max_length,
+            cognition=self.cognition,
+            latent_cache=self.latent_cache,
+            on_bad_sample=self.config.data.on_bad_sample,
+            epoch=epoch,
+        )
+
+    def _loader(self, dataset: torch.utils.data.Dataset) -> DataLoader:
+        workers = self.config.data.loader_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.micro_batch,
+            shuffle=False,
+            drop_last=True,
+            num_workers=workers,
+            collate_fn=_Collate(self.tokenizer.pad_token_id),
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+            # Its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
+            # which would make a resumed run's L_rec noise differ from an uninterrupted one's.
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """Micro-batches from micro-step ``start`` on (across epochs, without end)."""
+        per_epoch = self.micro_batches_per_epoch
+        epoch, offset = divmod(start, per_epoch)
+        while True:
+            shard = self._shard(epoch)
+            dataset = self._dataset(shard, epoch)
+            first, stop = offset * self.micro_batch, per_epoch * self.micro_batch
+            yield from self._loader(Subset(dataset, range(first, stop)))
+            epoch, offset = epoch + 1, 0
+
+    # -- validation ------------------------------------------------------------------------------------
+
+    def validation_batches(self) -> DataLoader | None:
+        """This rank's validation micro-batches (the same on every pass), ``None`` without ``data.validation``."""
+        validation = self.config.data.validation
+        if validation is None or self._val_positions is None:
+            return None
+        positions = np.asarray(self._val_positions, dtype=np.int64)
+        order = EpochOrder((validation.dataset,), np.zeros(len(positions), dtype=np.int32), positions)
+        shard = self._group(order).shard(self.rank, self.world_size)
+        usable = len(shard) - len(shard) % self.micro_batch
+        return self._loader(Subset(self._dataset(shard, 0), range(usable)))
+
+
+__all__ = ["Batch", "DataSources", "StageData", "cognition_hook"]
