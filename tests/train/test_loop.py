@@ -1,0 +1,129 @@
+"""The per-worker stage loop in one process (no Ray): reports, checkpoints, export, and resume equality.
+
+A stage interrupted right after a checkpoint and run again with the same context resumes from it (engine,
+optimizer, scheduler, RNG, data position) and ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlsa_platform.config.loader import load_experiment
+from vlsa_platform.orchestration.plan import expand_runs, plan_run
+from vlsa_platform.tracking import names
+from vlsa_platform.train.build import WEIGHTS_FILE
+from vlsa_platform.train.loop import EXPORT_DIR, LocalContext, StageSpec, run_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+
+
+@pytest.fixture(scope="module")
+def dist():
+    saved = {k: os.environ.get(k) for k in _DIST_ENV}
+    os.environ.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        DS_ACCELERATOR="cpu",
+    )
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    torch.distributed.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _spec(tmp_path, zero_stage: int = 2) -> StageSpec:
+    config = load_experiment(
+        ROOT / "experiments" / "vlsa_paper.yaml",
+        scale="tiny",
+        overrides=[
+            "stages.stage1.steps=4",
+            "stages.stage1.epochs=null",
+            "stages.stage1.checkpoint_every=2",
+            f"stages.stage1.placement.zero_stage={zero_stage}",
+            "tracking.log_every=1",
+            "data.validation.sampling=first:4",
+            "model.gradient_checkpointing=false",
+        ],
+    )
+    planned = plan_run(expand_runs(config)[0])["stages"][0]
+    return StageSpec(
+        config=config.resolved(),
+        stage="stage1",
+        stage_index=0,
+        placement=planned["placement"],
+        steps=planned["steps"],
+        step_offset=10,
+        target_cache=str(tmp_path / "targets"),
+    )
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _CrashingContext(LocalContext):
+    """Dies right after the first checkpoint was taken (as a worker killed then would)."""
+
+    def report(self, metrics, checkpoint_dir=None):
+        super().report(metrics, checkpoint_dir)
+        if checkpoint_dir is not None and len(self.checkpoints) == 1:
+            raise _Interrupt
+
+
+def _weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(checkpoint) / EXPORT_DIR / WEIGHTS_FILE))
+
+
+def test_interrupted_stage_resumes_to_the_same_weights(dist, tmp_path):
+    spec = _spec(tmp_path)
+    whole = LocalContext(root=str(tmp_path / "whole"))
+    progress = run_stage(spec, whole)
+    assert (progress["step"], progress["global_step"], progress["micro_step"]) == (4, 14, 8)
+    assert len(whole.checkpoints) == 2  # steps 2 and 4
+    assert [r["global_step"] for r in whole.reports] == [11.0, 12.0, 13.0, 14.0]
+    last = whole.reports[-1]
+    for key in (
+        *[f"loss/{p}" for p in ("total", "llm", "rec")],
+        names.LR,
+        names.THROUGHPUT,
+        names.VAL_LOSS_LLM,
+    ):
+        assert key in last, key
+    assert last[names.STAGE] == 0.0 and last[names.VAL_LOSS_REC] > 0
+
+    crashing = _CrashingContext(root=str(tmp_path / "resumed"))
+    with pytest.raises(_Interrupt):
+        run_stage(spec, crashing)
+    # The "replacement worker": same context, so the latest checkpoint (step 2) is handed back.
+    resumed = run_stage(spec, crashing)
+    assert resumed["micro_step"] == 8 and resumed["step"] == 4
+    assert [r["global_step"] for r in crashing.reports] == [11.0, 12.0, 13.0, 14.0]
+    expected, got = _weights(whole.checkpoints[-1]), _weights(crashing.checkpoints[-1])
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert whole.reports[-1]["loss/total"] == crashing.reports[-1]["loss/total"]
