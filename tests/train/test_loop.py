@@ -6,8 +6,6 @@ optimizer, scheduler, RNG, data position) and ends with exactly the weights of a
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,39 +19,6 @@ from vlsa_platform.train.build import WEIGHTS_FILE
 from vlsa_platform.train.loop import EXPORT_DIR, LocalContext, StageSpec, run_stage
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
-
-
-@pytest.fixture(scope="module")
-def dist():
-    saved = {k: os.environ.get(k) for k in _DIST_ENV}
-    os.environ.update(
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        DS_ACCELERATOR="cpu",
-    )
-    import deepspeed
-
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo")
-    yield
-    torch.distributed.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _spec(tmp_path, zero_stage: int = 2) -> StageSpec:

@@ -43,7 +43,7 @@ TARGETS_DIR = "targets"
 
 def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
     """Where a run keeps its checkpoints (``<storage>/<experiment>/<run name>``)."""
-    return storage.join(storage_root, names._path_part(experiment), names._path_part(run_name))
+    return storage.join(storage_root, names.path_part(experiment), names.path_part(run_name))
 
 
 def _complete_marker(directory: str, stage: str) -> str:
@@ -259,7 +259,7 @@ def run_training(
                 run_id=tracker.run_id if tracker else None,
                 tracking_uri=store.uri if store else None,
                 gpu_hours_before=previous.gpu_hours if previous else 0.0,
-                target_cache=storage.join(storage_root, names._path_part(config.name), TARGETS_DIR),
+                target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
             )
             result = _fit_stage(spec, directory, config, callbacks)
             if result.error is not None:

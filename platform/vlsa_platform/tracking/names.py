@@ -73,13 +73,13 @@ RECON_DIR = "recon"
 
 def deepspeed_artifact(stage: str) -> str:
     """Artifact path of a stage's DeepSpeed config: ``deepspeed/<stage>.json``."""
-    return f"{DEEPSPEED_DIR}/{_path_part(stage)}.json"
+    return f"{DEEPSPEED_DIR}/{path_part(stage)}.json"
 
 
 def recon_artifact(step: int, stage: str | None = None) -> str:
     """Artifact path of the reconstruction panel at global ``step``: ``recon/step_000100.png``
     (``recon/<stage>/step_000100.png`` when a stage is named)."""
-    folder = RECON_DIR if stage is None else f"{RECON_DIR}/{_path_part(stage)}"
+    folder = RECON_DIR if stage is None else f"{RECON_DIR}/{path_part(stage)}"
     return f"{folder}/step_{int(step):06d}.png"
 
 
@@ -89,8 +89,8 @@ def skipped_metric(reason: str) -> str:
     return SKIPPED_PREFIX + word
 
 
-def _path_part(name: str) -> str:
-    """``name`` as one safe path segment (no slashes, no ``..``)."""
+def path_part(name: str) -> str:
+    """``name`` as one safe path segment (no slashes, no ``..``): artifact folders, run-storage folders."""
     part = re.sub(r"[^\w.\-]+", "_", name).strip(".") or "_"
     return part
 
@@ -201,6 +201,7 @@ __all__ = [
     "deepspeed_artifact",
     "flatten_params",
     "param_value",
+    "path_part",
     "recon_artifact",
     "run_tags",
     "skipped_metric",

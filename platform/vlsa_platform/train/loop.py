@@ -293,6 +293,8 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
     micro_step = int(state.get("micro_step", 0))
     step = strategy.optimizer_steps
     skipped: Counter[str] = Counter(state.get("skipped", {}))
+    if not state and ctx.rank == 0:  # records the readers rejected (bad JSON, missing keys...), counted once
+        skipped.update(skip.reason for skips in data.sources.unreadable.values() for skip in skips)
     stats = {key: int(state.get(key, 0)) for key in ("skipped_nonfinite", "skipped_no_grad")}
     meter = GpuHoursMeter(
         accelerator, ctx.world_size, already=float(state.get("gpu_hours", spec.gpu_hours_before))

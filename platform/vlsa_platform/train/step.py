@@ -92,13 +92,17 @@ def _reaches_trainable(loss: torch.Tensor, batch: dict[str, Any], strategy: Deep
     return any(p.requires_grad and id(p) in reached for p in strategy.engine.module.parameters())
 
 
-def _all_finite(value: torch.Tensor) -> bool:
-    """Whether the loss is finite on every rank (all ranks must agree to skip, or ZeRO's collectives hang)."""
-    bad = torch.tensor([0.0 if bool(torch.isfinite(value.detach()).all()) else 1.0])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_backend() == "nccl":
-            bad = bad.cuda()
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+def _all_finite(local_finite: bool) -> bool:
+    """Whether the loss is finite on every rank (all ranks must agree to skip, or ZeRO's collectives hang);
+    one rank decides alone."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return local_finite
+    if torch.distributed.get_world_size() == 1:
+        return local_finite
+    bad = torch.tensor([0.0 if local_finite else 1.0])
+    if torch.distributed.get_backend() == "nccl":
+        bad = bad.cuda()
+    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
     return float(bad) == 0.0
 
 
@@ -130,13 +134,16 @@ def train_step(
     # through backward and step, so this rank stays in step with the others' collectives.
     total = torch.stack([t.float() for t in terms]).sum() if terms else out.logits.float().sum() * 0.0
 
-    metrics: dict[str, float] = {"loss/total": float(total.detach())}
-    for name in LOSS_PARTS:
-        value = getattr(out, f"loss_{name}", None)
-        metrics[f"loss/{name}"] = float(value.detach()) if value is not None else math.nan
+    # One device-to-host copy for all values (each float() of a GPU tensor would be a synchronisation).
+    parts = {"total": total, **{name: getattr(out, f"loss_{name}", None) for name in LOSS_PARTS}}
+    present = {name: value for name, value in parts.items() if value is not None}
+    values = dict(
+        zip(present, torch.stack([v.detach().float() for v in present.values()]).tolist(), strict=True)
+    )
+    metrics: dict[str, float] = {f"loss/{name}": values.get(name, math.nan) for name in parts}
     stats = stats if stats is not None else {}
     reaches_trainable = _reaches_trainable(total, batch, strategy)
-    if not _all_finite(total):
+    if not _all_finite(math.isfinite(values["total"])):
         stats["skipped_nonfinite"] = stats.get("skipped_nonfinite", 0) + 1
         metrics["optimizer_step"] = 0.0
     elif not reaches_trainable and strategy.zero_stage == 3:

@@ -111,6 +111,7 @@ class DeepSpeedStrategy:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     engine: Any = field(default=None, init=False, repr=False)
+    _last_norm: float | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_placement(cls, placement: dict[str, Any], **kwargs: Any) -> DeepSpeedStrategy:
@@ -160,6 +161,13 @@ class DeepSpeedStrategy:
         return self._world()
 
     @property
+    def _clips_itself(self) -> bool:
+        """fp32 ZeRO-0: DeepSpeed clips there with a Python loop over parameters (and measures no norm), so the
+        strategy clips with torch's fused ``clip_grad_norm_`` instead; ZeRO 1-3 and bf16 clip in DeepSpeed's
+        optimizer wrappers."""
+        return self.zero_stage == 0 and not self.bf16
+
+    @property
     def ds_config(self) -> dict[str, Any]:
         """The DeepSpeed config dict this strategy passes to ``deepspeed.initialize`` (JSON-able)."""
         zero: dict[str, Any] = {"stage": self.zero_stage}
@@ -177,7 +185,7 @@ class DeepSpeedStrategy:
             "train_batch_size": self.global_batch,
             "train_micro_batch_size_per_gpu": self.micro_batch,
             "gradient_accumulation_steps": self.grad_accum,
-            "gradient_clipping": self.max_grad_norm or 0.0,
+            "gradient_clipping": 0.0 if self._clips_itself else (self.max_grad_norm or 0.0),
             "bf16": {"enabled": self.bf16},
             "fp16": {"enabled": False},
             "zero_optimization": zero,
@@ -218,6 +226,9 @@ class DeepSpeedStrategy:
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
         )
+        if self.zero_stage == 0 and self._world() == 1:
+            # One rank: ZeRO-0's gradient all-reduce would copy every gradient into buckets and back for nothing.
+            self.engine.enable_backward_allreduce = False
         return self.engine
 
     def _need_engine(self) -> Any:
@@ -237,6 +248,10 @@ class DeepSpeedStrategy:
         """End a micro-batch; returns True when this was an accumulation boundary (the optimizer stepped)."""
         engine = self._need_engine()
         boundary = engine.is_gradient_accumulation_boundary()
+        if boundary and self._clips_itself:
+            params = [p for p in engine.module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
+            self._last_norm = float(norm)
         engine.step()
         return boundary
 
@@ -252,6 +267,8 @@ class DeepSpeedStrategy:
 
     def grad_norm(self) -> float | None:
         """Global gradient norm of the last optimizer step (before clipping), when DeepSpeed measured it."""
+        if self._clips_itself:
+            return self._last_norm
         norm = self._need_engine().get_global_grad_norm()
         return None if norm is None else float(norm)
 
