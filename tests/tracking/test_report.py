@@ -1,0 +1,274 @@
+"""``report``: the child runs of a real local MLflow store compared, rendered as Markdown and HTML, plotted,
+and the ``vlsa-platform report`` verb (no server, no Ray)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlsa_platform.cli import main
+from vlsa_platform.tracking import Tracker, TrackerOptions, TrackingStore, local_store, names
+from vlsa_platform.tracking.report import (
+    BEST_MARK,
+    LOSS_CURVES_PNG,
+    REPORT_HTML,
+    REPORT_MD,
+    ReportError,
+    collect,
+    objective_plot_name,
+    render_html,
+    render_markdown,
+    write_report,
+)
+
+FAST = TrackerOptions(backoff_s=0.05, close_timeout_s=20.0)
+SWEEP = "loss-ratio-sweep"
+ABLATION = "ablation-max"
+LONELY = "no-children"
+WEIGHTS = {"trial <0>": 0.1, "trial-1": 0.3, "trial-2": 1.0, "trial-3": 3.0}
+"""Child name -> ``loss.rec_weight``. One name holds ``<`` so the HTML has something to escape."""
+VAL = {0.1: (2.0, 1.5), 0.3: (1.9, 1.2), 1.0: (1.8, 1.4), 3.0: (1.0, 1.9)}
+"""Weight -> ``val/loss_llm`` at steps 3 and 6: trial-1 is best at the end, trial-3 only mid-run."""
+
+
+def _loss_total(weight: float, step: int) -> float:
+    return 3.0 - 0.2 * step + 0.1 * weight + 1e-5 * step
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """The store the fixture filled and the ids of what it created."""
+
+    workdir: Path
+    store: TrackingStore
+    parent_id: str
+    lone_id: str
+    child_ids: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> Tracked:
+    """A sweep (parent + 4 trials, then a later parent without children), an ablation whose parent asks for
+    ``loss/total``/``max`` (one variant failed before logging), and an experiment with a lone parent."""
+    workdir = tmp_path_factory.mktemp("report") / "work"
+    store = local_store(workdir)
+    parent = Tracker.start_parent(
+        SWEEP, "submission", names.run_tags(scale="tiny"), store=store, options=FAST
+    )
+    parent.log_params({"sweep": {"metric": names.VAL_LOSS_LLM, "mode": "min"}})
+    child_ids = {}
+    for i, (name, weight) in enumerate(WEIGHTS.items()):
+        child = Tracker.start_child(
+            parent.run_id, name, names.run_tags(scale="tiny", trial_id=f"t{i}"), store=store, options=FAST
+        )
+        child.log_params(
+            {"loss": {"rec_weight": weight, "llm_weight": 1.0}, "model": {"vision": "sa_perceiver"}}
+        )
+        for step in range(1, 7):
+            metrics = {
+                names.LOSS_TOTAL: _loss_total(weight, step),
+                names.LOSS_LLM: 2.5 - 0.1 * step,
+                names.LOSS_REC: 0.5 + 0.01 * step,
+                names.STAGE: 0 if step <= 3 else 1,
+            }
+            if step in (3, 6):
+                metrics[names.VAL_LOSS_LLM] = VAL[weight][0 if step == 3 else 1]
+            child.log_metrics(metrics, step=step)
+        assert child.close()
+        child_ids[name] = child.run_id
+    assert parent.close()
+    lone = Tracker.start_parent(SWEEP, "empty submission", store=store, options=FAST)
+    assert lone.close()
+
+    ablation = Tracker.start_parent(ABLATION, "submission", store=store, options=FAST)
+    ablation.log_params({"sweep": {"metric": names.LOSS_TOTAL, "mode": "max"}})
+    for variant, value in (("anyres", 2.0), ("sa_perceiver", 3.0)):
+        child = Tracker.start_child(
+            ablation.run_id, variant, names.run_tags(variant=variant), store=store, options=FAST
+        )
+        child.log_params({"model": {"vision": variant}})
+        child.log_metrics({names.LOSS_TOTAL: value + 1.0}, step=1)
+        child.log_metrics({names.LOSS_TOTAL: value}, step=2)
+        assert child.close()
+    failed = Tracker.start_child(
+        ablation.run_id, "no_recon", names.run_tags(variant="no_recon"), store=store, options=FAST
+    )
+    assert failed.close(status="FAILED")
+    assert ablation.close()
+
+    assert Tracker.start_parent(LONELY, "alone", store=store, options=FAST).close()
+    return Tracked(workdir, store, parent.run_id, lone.run_id, child_ids)
+
+
+# ------------------------------------------------------------------------------------------------ collect
+
+
+def test_collect_compares_the_children_of_the_latest_parent_with_children(tracked: Tracked) -> None:
+    report = collect(SWEEP, tracked.store)
+    assert report.parent_run_id == tracked.parent_id  # the later childless parent is passed over
+    assert [c.name for c in report.children] == list(WEIGHTS)
+    assert [c.run_id for c in report.children] == [tracked.child_ids[n] for n in WEIGHTS]
+    assert report.varied_params == ("loss.rec_weight",)
+    assert report.numeric_params() == ("loss.rec_weight",)
+    assert (report.metric, report.mode, report.metric_source) == (names.VAL_LOSS_LLM, "min", "parent run")
+    assert report.best is not None and report.best.name == "trial-1"
+    assert report.label_header == "trial"
+
+    first = report.children[0]
+    assert (first.status, first.label, first.params["loss.rec_weight"]) == ("FINISHED", "t0", "0.1")
+    assert set(first.final) == set(names.METRICS)
+    assert first.final[names.VAL_LOSS_LLM] == 1.5  # the last step's value, not the lowest
+    assert first.final[names.LOSS_TOTAL] == pytest.approx(_loss_total(0.1, 6))
+    assert first.final[names.LR] is None
+    assert first.history[names.LOSS_TOTAL].steps == (1, 2, 3, 4, 5, 6)
+    assert first.history[names.VAL_LOSS_LLM].values == (2.0, 1.5)
+    assert first.stage_changes() == [(4, 1.0)]
+    assert report.metric_columns()[0] == names.VAL_LOSS_LLM
+    assert names.LR not in report.metric_columns()
+
+
+def test_collect_options_override_the_parent(tracked: Tracked) -> None:
+    report = collect(SWEEP, tracked.store.uri, tracked.parent_id, metric=names.VAL_LOSS_LLM, mode="max")
+    assert report.metric_source == "option"
+    assert report.best is not None and report.best.name == "trial-3"
+    by_loss = collect(SWEEP, tracked.store, metric=names.LOSS_TOTAL)
+    assert by_loss.mode == "min"  # the parent's mode belongs to its own metric
+    assert by_loss.best is not None and by_loss.best.name == "trial <0>"
+
+
+def test_collect_takes_metric_and_mode_from_the_parent_and_skips_children_without_a_value(
+    tracked: Tracked,
+) -> None:
+    report = collect(ABLATION, tracked.store)
+    assert (report.metric, report.mode) == (names.LOSS_TOTAL, "max")
+    assert [c.name for c in report.children] == ["anyres", "sa_perceiver", "no_recon"]
+    assert [c.status for c in report.children] == ["FINISHED", "FINISHED", "FAILED"]
+    assert report.best is not None and report.best.name == "sa_perceiver"
+    assert report.varied_params == ("model.vision",)
+    assert report.numeric_params() == ()
+    assert report.label_header == "variant"
+    unlogged = collect(ABLATION, tracked.store, metric=names.VAL_LOSS_LLM)
+    assert unlogged.best is None and unlogged.metric_columns()[0] == names.VAL_LOSS_LLM
+    assert "Best by val/loss_llm (min, option): none (no child has a value)." in render_markdown(unlogged)
+
+
+def test_collect_errors_name_the_problem(tracked: Tracked, tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"no experiment 'nope'.*known experiments:.*loss-ratio-sweep"):
+        collect("nope", tracked.store)
+    with pytest.raises(ReportError, match="has no child runs"):
+        collect(SWEEP, tracked.store, tracked.lone_id)
+    with pytest.raises(ReportError, match="no parent run with child runs"):
+        collect(LONELY, tracked.store)
+    with pytest.raises(ReportError, match="no run 0123"):
+        collect(SWEEP, tracked.store, "0123456789abcdef0123456789abcdef")
+    with pytest.raises(ReportError, match="not in experiment"):
+        collect(ABLATION, tracked.store, tracked.parent_id)
+    with pytest.raises(ReportError, match="no MLflow store"):
+        collect(SWEEP, f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()
+
+
+# ------------------------------------------------------------------------------------------------- render
+
+
+def test_markdown_has_one_row_per_child_and_marks_the_best(tracked: Tracked) -> None:
+    text = render_markdown(collect(SWEEP, tracked.store))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 4
+    for row, (name, weight) in zip(rows, WEIGHTS.items(), strict=True):
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        assert cells[1] == name and str(weight) in cells
+    assert [row.startswith(f"| {BEST_MARK} |") for row in rows] == [False, True, False, False]
+    assert f"{_loss_total(0.1, 6):.4g}" in rows[0]  # 4 significant digits
+    assert "Best by val/loss_llm (min, parent run): trial-1 = 1.2." in text
+
+
+def test_html_escapes_and_marks_the_best(tracked: Tracked) -> None:
+    page = render_html(collect(SWEEP, tracked.store))
+    assert "trial &lt;0&gt;" in page and "trial <0>" not in page
+    assert page.count('<tr class="best"') == 1
+    best_row = next(line for line in page.splitlines() if line.startswith('<tr class="best"'))
+    assert "trial-1" in best_row
+
+
+def test_write_report_writes_markdown_html_and_valid_pngs(tracked: Tracked, tmp_path: Path) -> None:
+    written = write_report(collect(SWEEP, tracked.store), tmp_path / "out")
+    plot_name = objective_plot_name("loss.rec_weight")
+    assert list(written) == [REPORT_MD, REPORT_HTML, LOSS_CURVES_PNG, plot_name]
+    for name in (LOSS_CURVES_PNG, plot_name):
+        with Image.open(written[name]) as image:
+            assert image.format == "PNG" and image.size[0] > 200
+            image.verify()
+    assert f"![loss_curves]({LOSS_CURVES_PNG})" in written[REPORT_MD].read_text()
+    assert written[REPORT_HTML].read_text().count("data:image/png;base64,") == 2
+
+
+def test_report_module_imports_no_training_stack() -> None:
+    code = (
+        "import sys\n"
+        "from vlsa_platform.tracking.report import ChildRun, Report, Series, render_markdown\n"
+        "child = ChildRun('a', 'a', 'FINISHED', None, None, 0, {'w': '1'}, {'loss/total': 1.0},\n"
+        "                 {'loss/total': Series((1, 2), (2.0, 1.0))})\n"
+        "render_markdown(Report('e', '1', 'u', 'p', 'p', 'loss/total', 'min', 'default', (child,), (), 'a'))\n"
+        "print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_report_plot_writes_into_the_given_folder(tmp_path: Path, tracked: Tracked) -> None:
+    report = collect(ABLATION, tracked.store)
+    written = write_report(report, tmp_path)
+    assert list(written) == [REPORT_MD, REPORT_HTML, LOSS_CURVES_PNG]  # model.vision is not numeric
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_the_table_and_writes_the_report(
+    tracked: Tracked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", SWEEP, "--workdir", str(tracked.workdir)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {BEST_MARK} | trial-1 | t1 | FINISHED | 0.3 |" in out
+    assert all(name in out for name in WEIGHTS)
+    folder = Path("reports") / SWEEP
+    for name in (REPORT_MD, REPORT_HTML, LOSS_CURVES_PNG, objective_plot_name("loss.rec_weight")):
+        assert (tmp_path / folder / name).is_file()
+        assert str(folder / name) in out
+
+    assert (
+        main(["report", SWEEP, "--tracking-uri", tracked.store.uri, "--out", "elsewhere", "--mode", "max"])
+        == 0
+    )
+    assert f"| {BEST_MARK} | trial-3 |" in capsys.readouterr().out
+    assert (tmp_path / "elsewhere" / REPORT_MD).is_file()
+
+
+def test_cli_errors_are_one_line_with_exit_2(
+    tracked: Tracked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "nope", "--workdir", str(tracked.workdir)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert "no experiment 'nope'" in captured.err and SWEEP in captured.err
+
+    assert main(["report", LONELY, "--workdir", str(tracked.workdir)]) == 2
+    assert "no parent run with child runs" in capsys.readouterr().err
+
+    assert main(["report", SWEEP]) == 2  # default work directory .vlsa: nothing tracked here
+    assert "no local MLflow store at .vlsa/mlruns.db" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # and nothing created
