@@ -250,6 +250,11 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
     config = ExperimentConfig.model_validate(spec.config)
     stage = config.stages[spec.stage]
     placement = spec.placement
+    if ctx.world_size != placement["num_workers"]:
+        raise ValueError(
+            f"stage {spec.stage} is placed on {placement['num_workers']} workers but runs on {ctx.world_size}: "
+            "micro-batch x accumulation x workers would no longer give its global batch"
+        )
     accelerator, on_gpu = _placement_settings(config, spec)
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -275,7 +280,7 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
     steps = spec.steps or data.steps_for_epochs(stage.epochs or 1.0, placement["global_batch"])
 
     strategy = DeepSpeedStrategy.from_placement(
-        {**placement, "num_workers": ctx.world_size},
+        placement,
         bf16=on_gpu,
         max_grad_norm=stage.max_grad_norm,
         activation_checkpointing=config.model.gradient_checkpointing,
