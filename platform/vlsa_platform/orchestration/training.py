@@ -3,7 +3,8 @@
 Layout of a run in the run storage (a local folder or ``s3://``, ``storage.path``)::
 
     <storage>/<experiment>/<run name>/
-        tracking.json            the MLflow run id (a re-launch logs to the same run)
+        run.json                 the config's digest and the MLflow run id (a re-launch of the same config
+                                 resumes and logs to the same run; another config is refused)
         <stage>/                 Ray Train's run folder for the stage (RunConfig(storage_path, name))
             checkpoint_*/        DeepSpeed state of every rank, progress.json; the last also model/
         <stage>.complete.json    written when the stage finished: its final checkpoint, steps, device-hours
@@ -21,6 +22,7 @@ This module is the only one in the training path that imports Ray (DESIGN.md §3
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,8 +39,33 @@ from .plan import PlannedRun, plan_run
 
 log = logging.getLogger(__name__)
 
-TRACKING_FILE = "tracking.json"
+RUN_FILE = "run.json"
 TARGETS_DIR = "targets"
+
+
+class RunConflictError(ValueError):
+    """A run folder already holds a run trained from another config (a re-launch must not mix the two)."""
+
+
+def config_digest(config: ExperimentConfig) -> str:
+    """SHA-256 of the resolved config (what a re-launch must match to resume a run)."""
+    text = json.dumps(config.resolved(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def claim_run_dir(directory: str, config: ExperimentConfig) -> dict[str, Any]:
+    """What an earlier launch recorded in ``<run dir>/run.json`` (``{}`` for a new run). Raises
+    :class:`RunConflictError` when that launch trained another config: resuming it would mix two experiments."""
+    marker = storage.join(directory, RUN_FILE)
+    if not storage.exists(marker):
+        return {}
+    recorded = json.loads(storage.read_text(marker))
+    if recorded.get("config_sha256") != config_digest(config):
+        raise RunConflictError(
+            f"{directory} holds a run of another config (a re-launch resumes only the same resolved config); "
+            "give the run another name, or move that folder away to start over"
+        )
+    return recorded
 
 
 def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
@@ -179,29 +206,35 @@ def _checkpoint_location(checkpoint: Any, directory: str) -> str:
 def _attach_tracking(
     directory: str,
     run: PlannedRun,
+    name: str,
+    recorded: Mapping[str, Any],
     store: TrackingStore | None,
     parent_run_id: str | None,
     tags: Mapping[str, str],
 ) -> Tracker | None:
-    """The run's MLflow run: the one a previous launch recorded in ``tracking.json``, else a new one (a child
-    of ``parent_run_id`` when given) with the resolved config, params and tags."""
-    if store is None:
-        return None
-    marker = storage.join(directory, TRACKING_FILE)
-    if storage.exists(marker):
-        recorded = json.loads(storage.read_text(marker))
-        return Tracker.for_run(recorded["run_id"], store=store)
+    """The run's MLflow run: the one an earlier launch recorded, else a new one (a child of ``parent_run_id``
+    when given) with the resolved config, params and tags; ``run.json`` records it with the config's digest."""
     config = run.config
-    all_tags = {
-        **names.run_tags(scale=config.model.preset, variant=run.variant, git_commit=git_commit()),
-        **dict(tags),
-    }
-    if parent_run_id:
-        tracker = Tracker.start_child(parent_run_id, run.name, tags=all_tags, store=store)
-    else:
-        tracker = Tracker.start_parent(config.name, run.name, tags=all_tags, store=store)
-    tracker.log_config(config.resolved())
-    storage.write_text(marker, json.dumps({"run_id": tracker.run_id, "tracking_uri": store.uri}))
+    tracker = None
+    if store is not None and recorded.get("run_id"):
+        tracker = Tracker.for_run(recorded["run_id"], store=store)
+    elif store is not None:
+        all_tags = {
+            **names.run_tags(scale=config.model.preset, variant=run.variant, git_commit=git_commit()),
+            **dict(tags),
+        }
+        if parent_run_id:
+            tracker = Tracker.start_child(parent_run_id, name, tags=all_tags, store=store)
+        else:
+            tracker = Tracker.start_parent(config.name, name, tags=all_tags, store=store)
+        tracker.log_config(config.resolved())
+    if not recorded or (tracker is not None and not recorded.get("run_id")):
+        record = {
+            "config_sha256": config_digest(config),
+            "run_id": tracker.run_id if tracker is not None else None,
+            "tracking_uri": store.uri if store is not None else None,
+        }
+        storage.write_text(storage.join(directory, RUN_FILE), json.dumps(record, sort_keys=True))
     return tracker
 
 
@@ -233,8 +266,9 @@ def run_training(
     config = run.config
     name = run_name or run.name
     directory = run_dir(storage_root, config.name, name)
+    recorded = claim_run_dir(directory, config)
     plan = plan_run(run)
-    tracker = _attach_tracking(directory, run, store, parent_run_id, tags or {})
+    tracker = _attach_tracking(directory, run, name, recorded, store, parent_run_id, tags or {})
     resolved = config.resolved()
     outcomes: list[StageOutcome] = []
     previous: StageOutcome | None = None
@@ -289,4 +323,12 @@ def run_training(
     )
 
 
-__all__ = ["StageOutcome", "TrainingResult", "run_dir", "run_training"]
+__all__ = [
+    "RunConflictError",
+    "StageOutcome",
+    "TrainingResult",
+    "claim_run_dir",
+    "config_digest",
+    "run_dir",
+    "run_training",
+]

@@ -4,7 +4,9 @@
 - :mod:`.store`: which tracking URI a submission uses, and :class:`LocalTrackingServer` for many writers;
 - :mod:`.cost`: :class:`GpuHoursMeter` for ``cost/gpu_hours`` from the accelerator table;
 - :mod:`.tracker`: :class:`Tracker` (asynchronous, bounded, never blocks or fails training) and
-  :class:`NullTracker` for the other ranks.
+  :class:`NullTracker` for the other ranks;
+- :mod:`.report`: ``vlsa-platform report`` — an experiment's child runs read back and compared (imported on
+  its own: it needs matplotlib).
 
 MLflow itself is imported on first use, so importing this package stays cheap.
 """
