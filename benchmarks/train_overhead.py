@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 from typing import Any
@@ -37,9 +36,10 @@ import torch
 
 from vlsa_platform.config.loader import load_experiment
 from vlsa_platform.model.parts import set_trainable
+from vlsa_platform.tracking.store import free_port
 from vlsa_platform.train.build import build_model, build_tokenizer
 from vlsa_platform.train.data import StageData
-from vlsa_platform.train.loop import _Window
+from vlsa_platform.train.loop import MetricWindow
 from vlsa_platform.train.schedules import build_lr_scheduler, loss_weights
 from vlsa_platform.train.step import train_step
 from vlsa_platform.train.strategy import DeepSpeedStrategy, param_groups
@@ -48,15 +48,9 @@ EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments", "vlsa_
 STAGE = "stage3"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _process_group(on_gpu: bool) -> None:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not on_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"
     import deepspeed
@@ -148,7 +142,7 @@ class Platform:
         self.strategy.prepare(model, groups, lambda opt: build_lr_scheduler(opt, "cosine", steps, 0.0))
         self.loss = stage.loss
         self.steps = steps
-        self.window = _Window()
+        self.window = MetricWindow()
         self.stats: dict[str, int] = {}
         self.done = 0
 

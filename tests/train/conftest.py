@@ -5,18 +5,13 @@ own; this fixture makes it once and tears it down (restoring the environment) af
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 
+from vlsa_platform.tracking.store import free_port
+
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="package")
@@ -28,7 +23,7 @@ def dist():
         WORLD_SIZE="1",
         LOCAL_RANK="0",
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
         DS_ACCELERATOR="cpu",
     )
     import deepspeed

@@ -18,6 +18,8 @@ from vlsa_platform.tracking import names
 from vlsa_platform.train.build import WEIGHTS_FILE
 from vlsa_platform.train.loop import EXPORT_DIR, LocalContext, StageSpec, run_stage
 
+from .contexts import CrashingContext, Interrupt
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,19 +49,6 @@ def _spec(tmp_path, zero_stage: int = 2) -> StageSpec:
     )
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _CrashingContext(LocalContext):
-    """Dies right after the first checkpoint was taken (as a worker killed then would)."""
-
-    def report(self, metrics, checkpoint_dir=None):
-        super().report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None and len(self.checkpoints) == 1:
-            raise _Interrupt
-
-
 def _weights(checkpoint: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(checkpoint) / EXPORT_DIR / WEIGHTS_FILE))
 
@@ -81,8 +70,8 @@ def test_interrupted_stage_resumes_to_the_same_weights(dist, tmp_path):
         assert key in last, key
     assert last[names.STAGE] == 0.0 and last[names.VAL_LOSS_REC] > 0
 
-    crashing = _CrashingContext(root=str(tmp_path / "resumed"))
-    with pytest.raises(_Interrupt):
+    crashing = CrashingContext(root=str(tmp_path / "resumed"))
+    with pytest.raises(Interrupt):
         run_stage(spec, crashing)
     # The "replacement worker": same context, so the latest checkpoint (step 2) is handed back.
     resumed = run_stage(spec, crashing)

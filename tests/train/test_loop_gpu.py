@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,11 @@ from safetensors.torch import load_file
 
 from vlsa_platform.config.loader import load_experiment
 from vlsa_platform.orchestration.plan import expand_runs, plan_run
+from vlsa_platform.tracking.store import free_port
 from vlsa_platform.train.build import WEIGHTS_FILE
-from vlsa_platform.train.loop import EXPORT_DIR, LocalContext, StageSpec, run_stage
+from vlsa_platform.train.loop import EXPORT_DIR, StageSpec, run_stage
+
+from .contexts import CrashingContext, Interrupt
 
 pytestmark = pytest.mark.gpu
 
@@ -26,11 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def nccl():
     if torch.distributed.is_initialized():
         pytest.skip("another test made a CPU process group in this process: run `pytest -m gpu` on its own")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     os.environ.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
     )
     import deepspeed
 
@@ -38,17 +37,6 @@ def nccl():
     deepspeed.init_distributed(dist_backend="nccl")
     yield
     torch.distributed.destroy_process_group()
-
-
-class _Interrupt(Exception):
-    pass
-
-
-class _Crashing(LocalContext):
-    def report(self, metrics, checkpoint_dir=None):
-        super().report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None and len(self.checkpoints) == 1:
-            raise _Interrupt
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
@@ -71,8 +59,8 @@ def test_stage_trains_in_bf16_and_resumes_on_a_gpu(nccl, tmp_path, zero_stage):
     spec = StageSpec(
         config=config.resolved(), stage="stage3", stage_index=2, placement=planned["placement"], steps=4
     )
-    ctx = _Crashing(root=str(tmp_path))
-    with pytest.raises(_Interrupt):
+    ctx = CrashingContext(root=str(tmp_path))
+    with pytest.raises(Interrupt):
         run_stage(spec, ctx)
     progress = run_stage(spec, ctx)
     assert progress["step"] == 4 and progress["micro_step"] == 8

@@ -11,7 +11,6 @@ import functools
 import math
 import os
 import random
-import socket
 from contextlib import nullcontext
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from vlsa_platform.config.schema import LearningRates
 from vlsa_platform.model.parts import frozen_state, set_trainable
+from vlsa_platform.tracking.store import free_port
 from vlsa_platform.train.schedules import build_lr_scheduler
 from vlsa_platform.train.step import train_step
 from vlsa_platform.train.strategy import DeepSpeedStrategy, param_groups
@@ -28,12 +28,6 @@ from ..model.builders import make_batch, random_images, tiny_model
 
 STAGE1 = ["sa_perceiver", "projector", "epigone"]
 LRS = LearningRates(default=1e-2, projector=2e-2)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _strategy(zero_stage: int, **kwargs) -> DeepSpeedStrategy:
@@ -314,7 +308,7 @@ def test_two_ranks_zero2_mixed_batches_and_zero3(tmp_path):
 
     import torch.multiprocessing as mp
 
-    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_two_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank, res in enumerate(results):
         z2, z3 = res["zero2"], res["zero3"]

@@ -33,7 +33,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..cluster import AcceleratorTable, ModelDims, accelerator_for, derive_placement, stage_needs
+from ..cluster import (
+    AcceleratorTable,
+    ModelDims,
+    ResolvedPlacement,
+    accelerator_for,
+    derive_placement,
+    stage_needs,
+)
 from ..config.errors import ConfigError
 from ..config.schema import ExperimentConfig, StageConfig, sampled_size
 
@@ -93,6 +100,45 @@ def _steps(config: ExperimentConfig, stage: StageConfig) -> int | None:
     return max(1, math.ceil(stage.epochs * examples / stage.placement.global_batch))
 
 
+def _stage_placement(
+    config: ExperimentConfig,
+    name: str,
+    counts: dict[str, tuple[int, int]],
+    visual_tokens: int,
+    dims: ModelDims,
+    table: AcceleratorTable,
+) -> ResolvedPlacement:
+    """Stage ``name``'s placement with the open fields derived from its accelerator class and memory needs."""
+    stage, model = config.stages[name], config.model
+    assert stage.loss.llm_weight is not None
+    where = f"stages.{name}.placement"
+    needs = stage_needs(
+        dims,
+        counts,
+        [part for part in stage.trainable if part in counts],
+        # worst case: every sample as long as truncation allows (visual tokens included)
+        sequence_length=max(config.data.max_length, visual_tokens + 1),
+        checkpointing=model.gradient_checkpointing,
+        eager_attention=model.attn_implementation == "eager",
+        llm_weight=stage.loss.llm_weight,
+        rec_weight=(stage.loss.rec_weight if model.recon else 0.0) or 0.0,
+    )
+    return derive_placement(
+        stage.placement, accelerator_for(stage.placement, table, where), needs, where=where
+    )
+
+
+def stage_placements(run: PlannedRun) -> dict[str, ResolvedPlacement]:
+    """Each stage's resolved placement (what :func:`plan_run` shows as ``placement``), for the orchestration
+    (``ResolvedPlacement.scaling_config_kwargs``)."""
+    counts, visual_tokens, dims = _model_numbers(run.config)
+    table = AcceleratorTable.from_config(run.config.cluster)
+    return {
+        name: _stage_placement(run.config, name, counts, visual_tokens, dims, table)
+        for name in run.config.stages
+    }
+
+
 def plan_run(run: PlannedRun) -> dict[str, Any]:
     """One entry of the plan's ``runs``."""
     config = run.config
@@ -105,21 +151,7 @@ def plan_run(run: PlannedRun) -> dict[str, Any]:
         trainable = [part for part in stage.trainable if part in counts]
         assert stage.loss.schedule is not None and stage.loss.llm_weight is not None
         rec_weight = stage.loss.rec_weight if model.recon else 0.0
-        where = f"stages.{name}.placement"
-        needs = stage_needs(
-            dims,
-            counts,
-            trainable,
-            # worst case: every sample as long as truncation allows (visual tokens included)
-            sequence_length=max(config.data.max_length, visual_tokens + 1),
-            checkpointing=model.gradient_checkpointing,
-            eager_attention=model.attn_implementation == "eager",
-            llm_weight=stage.loss.llm_weight,
-            rec_weight=rec_weight or 0.0,
-        )
-        placement = derive_placement(
-            stage.placement, accelerator_for(stage.placement, table, where), needs, where=where
-        )
+        placement = _stage_placement(config, name, counts, visual_tokens, dims, table)
         stages.append(
             {
                 "name": name,
@@ -177,4 +209,4 @@ def build_plan(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["PlannedRun", "build_plan", "expand_runs", "plan_run"]
+__all__ = ["PlannedRun", "build_plan", "expand_runs", "plan_run", "stage_placements"]

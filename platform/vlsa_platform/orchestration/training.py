@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import storage
+from ..cluster import ResolvedPlacement
 from ..config.schema import ExperimentConfig
 from ..tracking import names
 from ..tracking.store import TrackingStore
 from ..tracking.tracker import Tracker, git_commit
 from ..train.loop import EXPORT_DIR, PROGRESS_FILE, StageSpec
-from .plan import PlannedRun, plan_run
+from .plan import PlannedRun, plan_run, stage_placements
 
 log = logging.getLogger(__name__)
 
@@ -150,25 +151,21 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------- the driver
 
 
-def _scaling_config(placement: Mapping[str, Any], loader_workers: int) -> Any:
-    """Ray Train's ``ScalingConfig`` of a resolved placement: one CPU per worker plus its loader processes, a
-    GPU when ``use_gpu``, and, through ``accelerator_type``, the ``accelerator_type:<TYPE>`` resource that
-    lands the workers on their class (``cluster.accelerators.ray_resources``)."""
+def _scaling_config(placement: ResolvedPlacement, loader_workers: int) -> Any:
+    """Ray Train's ``ScalingConfig`` of a stage: the placement's own arguments (workers, GPU, the
+    ``accelerator_type`` that lands them on their class) and, per worker, one CPU plus its loader processes
+    and a GPU when ``use_gpu``."""
     from ray.train import ScalingConfig
 
     resources: dict[str, float] = {"CPU": float(1 + loader_workers)}
-    if placement["use_gpu"]:
+    if placement.use_gpu:
         resources["GPU"] = 1.0
-    return ScalingConfig(
-        num_workers=placement["num_workers"],
-        use_gpu=placement["use_gpu"],
-        accelerator_type=placement["accelerator_type"],
-        resources_per_worker=resources,
-    )
+    return ScalingConfig(**placement.scaling_config_kwargs(), resources_per_worker=resources)
 
 
 def _fit_stage(
     spec: StageSpec,
+    placement: ResolvedPlacement,
     directory: str,
     config: ExperimentConfig,
     callbacks: Sequence[Any] = (),
@@ -176,7 +173,6 @@ def _fit_stage(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    placement = spec.placement
     run_config = RunConfig(
         name=spec.stage,
         storage_path=directory,
@@ -192,7 +188,7 @@ def _fit_stage(
         train_loop_config={"spec": spec.to_dict()},
         scaling_config=_scaling_config(placement, config.data.loader_workers),
         run_config=run_config,
-        torch_config=TorchConfig(backend="nccl" if placement["use_gpu"] else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
     )
     return trainer.fit()
 
@@ -268,6 +264,7 @@ def run_training(
     directory = run_dir(storage_root, config.name, name)
     recorded = claim_run_dir(directory, config)
     plan = plan_run(run)
+    placements = stage_placements(run)
     tracker = _attach_tracking(directory, run, name, recorded, store, parent_run_id, tags or {})
     resolved = config.resolved()
     outcomes: list[StageOutcome] = []
@@ -295,7 +292,7 @@ def run_training(
                 gpu_hours_before=previous.gpu_hours if previous else 0.0,
                 target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
             )
-            result = _fit_stage(spec, directory, config, callbacks)
+            result = _fit_stage(spec, placements[stage], directory, config, callbacks)
             if result.error is not None:
                 raise RuntimeError(f"stage {stage} of run {name} failed: {result.error}") from result.error
             if result.checkpoint is None:

@@ -141,7 +141,7 @@ class LocalContext:
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-class _Window:
+class MetricWindow:
     """Sums and counts of the per-micro-batch metrics since the last log, averaged over every rank."""
 
     KEYS = tuple(f"loss/{part}" for part in ("total", *LOSS_PARTS))
@@ -316,7 +316,7 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
         recon_every = None
     every_ckpt = stage.checkpoint_every
     recon_due = False
-    window = _Window()
+    window = MetricWindow()
 
     def progress() -> dict[str, Any]:
         return {
@@ -489,6 +489,7 @@ __all__ = [
     "EXPORT_DIR",
     "PROGRESS_FILE",
     "LocalContext",
+    "MetricWindow",
     "StageSpec",
     "WorkerContext",
     "evaluate",
