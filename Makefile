@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format plan clean
+.PHONY: install test test-e2e demo lint format plan clean
 
 install: $(STAMP)
 
@@ -16,8 +16,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The test suite without the end-to-end Ray runs (the everyday loop).
 test: install
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+# The end-to-end Ray runs: the stages on Ray Train, every experiment file submitted, a Ray job to a head with
+# token authentication. CI runs both.
+test-e2e: install
+	$(VENV)/bin/pytest -q -m e2e $(PYTEST_ARGS)
+
+# The README's main command: a loss-ratio sweep (4 trials x 3 stages, ASHA) on an embedded local Ray, tracked
+# in a local MLflow store under .vlsa/, then its report.
+demo: install
+	$(VENV)/bin/vlsa-platform submit experiments/loss_ratio_sweep.yaml --scale tiny
+	$(VENV)/bin/vlsa-platform report vlsa-loss-ratio
+	@echo
+	@echo "Browse the runs:  $(VENV)/bin/vlsa-platform ui    (MLflow at http://127.0.0.1:5000)"
 
 lint: install
 	$(VENV)/bin/ruff check platform tests benchmarks

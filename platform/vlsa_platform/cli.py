@@ -1,7 +1,9 @@
 """``vlsa-platform``: the command line (argparse, one function per verb).
 
-Verbs so far: ``validate``, ``data inspect``, ``report``. Exit status: 0 ok, 2 a bad experiment file or usage
-(the message on stderr, no traceback).
+Verbs: ``validate``, ``submit``, ``resume``, ``status``, ``logs``, ``stop``, ``ui``, ``report``, ``data inspect``.
+Exit status: 0 ok; 1 a submission whose trials failed (or that was stopped); 2 a bad experiment file, ``--set``,
+address or usage (the message on stderr, no traceback); 3 a cluster that cannot run a trial; the cluster-access
+codes of :mod:`vlsa_platform.orchestration.jobs` (unreachable, authentication); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_RESOURCES = 3
+EXIT_INTERRUPTED = 130
 
 
 def _human(n: int) -> str:
@@ -170,8 +175,9 @@ def _add_data_verb(verbs: Any) -> None:
 
 
 DEFAULT_WORKDIR = ".vlsa"
-"""Local work directory when none is given (holds the local MLflow store ``mlruns.db`` and ``mlartifacts/``);
-relative to the current directory. Nothing else defines one yet; ``submit`` should share this default."""
+"""Local work directory when none is given: the local MLflow store (``mlruns.db``, ``mlartifacts/``), the
+default run storage (``storage/``) and the submission records (``submissions/``); relative to the current
+directory."""
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -263,6 +269,23 @@ def _add_report_verb(verbs: Any) -> None:
     report.set_defaults(func=cmd_report)
 
 
+def _scale_and_set(parser: argparse.ArgumentParser) -> None:
+    """``--scale`` and ``--set``, shared by the verbs that load an experiment file."""
+    parser.add_argument(
+        "--scale",
+        choices=("paper", "tiny"),
+        default=None,
+        help="tiny: the tiny model preset and the bundled synthetic data, one CPU worker per stage",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted key after loading (value parsed as YAML), e.g. stages.stage1.steps=10",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlsa-platform",
@@ -277,27 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 2 with the offending field and its file:line for a bad file.",
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="experiment YAML file(s)")
-    validate.add_argument(
-        "--scale",
-        choices=("paper", "tiny"),
-        default=None,
-        help="tiny: the tiny model preset and the bundled synthetic data, one CPU worker per stage",
-    )
-    validate.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dotted key after loading (value parsed as YAML), e.g. stages.stage1.steps=10",
-    )
+    _scale_and_set(validate)
     validate.add_argument(
         "--json",
         action="store_true",
         help="print the plan as one JSON object per file, one per line",
     )
     validate.set_defaults(func=cmd_validate)
-    _add_data_verb(verbs)
+    from .cli_submissions import add_verbs
+
+    add_verbs(verbs, _scale_and_set)
     _add_report_verb(verbs)
+    _add_data_verb(verbs)
     return parser
 
 

@@ -43,7 +43,7 @@ from vlsa_platform.train.loop import PROGRESS_FILE
 
 ray = pytest.importorskip("ray")
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "experiments" / "vlsa_paper.yaml"

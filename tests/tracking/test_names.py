@@ -22,9 +22,14 @@ def test_design_names():
         "val/loss_llm",
         "val/loss_rec",
         "cost/gpu_hours",
+        "val/exact_match",
+        "val/vq_accuracy",
+        "val/px_accuracy",
+        "val/psnr",
     )
     spelled = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC, names.LOSS_VQ, names.LOSS_PX, names.LR)
     spelled += (names.STAGE, names.THROUGHPUT, names.VAL_LOSS_LLM, names.VAL_LOSS_REC, names.COST_GPU_HOURS)
+    spelled += (names.VAL_EXACT_MATCH, names.VAL_VQ_ACCURACY, names.VAL_PX_ACCURACY, names.VAL_PSNR)
     assert spelled == names.METRICS
     assert (names.TAG_VARIANT, names.TAG_TRIAL_ID, names.TAG_SCALE, names.TAG_GIT_COMMIT) == (
         "vlsa.variant",

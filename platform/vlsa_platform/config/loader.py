@@ -8,7 +8,10 @@ value inherited through ``extends`` points into the file that wrote it.
 ``--scale tiny`` (DESIGN.md §4) swaps in the tiny model preset and the bundled synthetic data and keeps
 stages, losses, sweep, ablation and tracking as written. It also makes every stage's placement laptop-sized:
 one CPU worker, micro-batch 1, global batch :data:`TINY_GLOBAL_BATCH` (so gradient accumulation is still
-exercised), no offload; ZeRO stages and step counts stay as written. ``--set`` applies after ``--scale``, so
+exercised), no offload; ZeRO stages stay as written. A stage whose length is given in ``epochs`` runs
+:data:`TINY_STAGE_STEPS` optimizer steps instead (an epoch of the synthetic bundle would be hundreds of steps
+on a laptop); one given in ``steps`` keeps them. Validation reads :data:`TINY_VALIDATION_SAMPLES` records of
+the bundle's held-out split. ``--set`` applies after ``--scale``, so
 ``--scale tiny --set stages.stage1.placement.num_workers=2`` runs two CPU workers.
 """
 
@@ -35,6 +38,12 @@ TINY_VALIDATION_DATASET = "synthetic_val"
 
 #: Global batch of every stage at ``--scale tiny`` (micro-batch 1 on one worker: 2 accumulation steps).
 TINY_GLOBAL_BATCH = 2
+
+#: Optimizer steps of a stage that the file sizes in ``epochs``, at ``--scale tiny``.
+TINY_STAGE_STEPS = 4
+
+#: Held-out records each validation pass reads at ``--scale tiny``.
+TINY_VALIDATION_SAMPLES = 8
 
 Lines = dict[Loc, str]
 
@@ -197,13 +206,16 @@ def apply_scale(raw: dict[str, Any], lines: Lines, scale: Scale) -> None:
                     {"path": SYNTHETIC_DATASET, "split": "val"},
                 )
                 put(validation, ("data", "validation"), "dataset", TINY_VALIDATION_DATASET)
-                put(validation, ("data", "validation"), "sampling", "all")
+                put(validation, ("data", "validation"), "sampling", f"random:{TINY_VALIDATION_SAMPLES}")
                 put(validation, ("data", "validation"), "holdout", False)
     stages = raw.get("stages")
     if isinstance(stages, dict):
         for name, stage in stages.items():
             if not isinstance(stage, dict):
                 continue
+            if stage.get("epochs") is not None and stage.get("steps") is None:
+                drop(stage, ("stages", name), "epochs")
+                put(stage, ("stages", name), "steps", TINY_STAGE_STEPS)
             placement = _mapping(stage, "placement")
             if placement is None:
                 continue
@@ -278,4 +290,13 @@ def load_experiment(
     return config
 
 
-__all__ = ["SCALES", "TINY_GLOBAL_BATCH", "apply_overrides", "apply_scale", "load_experiment", "read_yaml"]
+__all__ = [
+    "SCALES",
+    "TINY_GLOBAL_BATCH",
+    "TINY_STAGE_STEPS",
+    "TINY_VALIDATION_SAMPLES",
+    "apply_overrides",
+    "apply_scale",
+    "load_experiment",
+    "read_yaml",
+]

@@ -67,6 +67,10 @@ METRICS: tuple[str, ...] = (
     "val/loss_llm",
     "val/loss_rec",
     "cost/gpu_hours",
+    "val/exact_match",
+    "val/vq_accuracy",
+    "val/px_accuracy",
+    "val/psnr",
 )
 
 #: Dataset path that stands for the synthetic data bundled with the package (``--scale tiny`` uses it).
@@ -296,7 +300,8 @@ class CognitionConfig(_Model):
 
 
 class ValidationSet(_Model):
-    """Data for the validation losses ``val/loss_llm`` and ``val/loss_rec``."""
+    """Data for the validation metrics: the losses ``val/loss_llm`` and ``val/loss_rec``, greedy-decoding
+    accuracy ``val/exact_match``, ``val/vq_accuracy``, ``val/px_accuracy``, and ``val/psnr``."""
 
     dataset: Name
     """Name of an entry of ``data.datasets``."""
@@ -306,6 +311,19 @@ class ValidationSet(_Model):
     """Keep these records out of every training mixture that uses the same dataset."""
     every_steps: PositiveInt | None = None
     """Validate every this many optimizer steps; ``null`` = at the end of each stage only."""
+    generate_samples: Annotated[int, Field(ge=0)] = 8
+    """Validation samples per pass (over all ranks, split evenly, rounded up; the first of each rank's shard)
+    whose answers are decoded greedily for ``val/exact_match``, ``val/vq_accuracy`` and ``val/px_accuracy``: each
+    one's first complete text answer and its first VQ and pixel answers. 0 = no decoding (those metrics NaN)."""
+    generate_extra_tokens: Annotated[int, Field(ge=0)] = 4
+    """A decoded answer may run this many tokens past the reference's length (and its end-of-turn token)
+    before decoding stops; longer answers are cut there (and cannot match)."""
+    generate_batch: PositiveInt = 8
+    """Answers of one kind decoded together in one ``generate`` call on a rank (prompts left-padded): fewer calls
+    (under ZeRO-3 each decoding step all-gathers every layer once, whatever the batch) for more memory."""
+    psnr_images: Annotated[int, Field(ge=0)] | None = 16
+    """Validation images per pass (over all ranks, split evenly; the first of each rank's shard) whose
+    reconstruction the frozen VAE decodes for ``val/psnr``; ``null`` = every image, 0 = none (NaN)."""
 
 
 class DataConfig(_Model):

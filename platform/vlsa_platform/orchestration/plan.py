@@ -29,6 +29,7 @@ memory, accumulation from the global batch. ``global_batch`` and ``num_workers``
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -71,9 +72,27 @@ def expand_runs(config: ExperimentConfig) -> list[PlannedRun]:
     return [PlannedRun("main", None, config.name, config)]
 
 
-def _model_numbers(config: ExperimentConfig) -> tuple[dict[str, tuple[int, int]], int, ModelDims]:
+ModelNumbers = tuple[dict[str, tuple[int, int]], int, ModelDims]
+"""``(parameter counts by part, visual tokens per image, dimensions)`` of a model."""
+
+_MODEL_NUMBERS: dict[str, ModelNumbers] = {}
+
+
+def _model_key(config: ExperimentConfig) -> str:
+    """What the model side of the plan depends on: the ``model`` section and the VQ answer format (special
+    tokens grow the vocabulary)."""
+    return json.dumps(
+        {"model": config.model.model_dump(mode="json"), "vq_format": config.data.cognition.vq_format},
+        sort_keys=True,
+    )
+
+
+def model_numbers(config: ExperimentConfig) -> ModelNumbers:
     """``(parameter counts by part, visual tokens per image, dimensions)`` from the model side (counts from the
-    meta device, cached; dimensions read off the config)."""
+    meta device; remembered per model section, so a process plans the same model once)."""
+    key = _model_key(config)
+    if key in _MODEL_NUMBERS:
+        return _MODEL_NUMBERS[key]
     from ..model.accounting import parameter_counts, visual_tokens_per_image
     from ..train.build import lora_settings_for, vlsa_config_for
 
@@ -81,12 +100,24 @@ def _model_numbers(config: ExperimentConfig) -> tuple[dict[str, tuple[int, int]]
         # Counts do not depend on the kernel; the driver need not have the workers' flash-attn.
         vlsa = vlsa_config_for(config, attn_implementation="sdpa")
         lora = lora_settings_for(config)
-        return parameter_counts(vlsa, lora), visual_tokens_per_image(vlsa), ModelDims.from_vlsa_config(vlsa)
+        numbers = (
+            parameter_counts(vlsa, lora),
+            visual_tokens_per_image(vlsa),
+            ModelDims.from_vlsa_config(vlsa),
+        )
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
+    _MODEL_NUMBERS[key] = numbers
+    return numbers
 
 
-def _steps(config: ExperimentConfig, stage: StageConfig) -> int | None:
+def remember_model_numbers(config: ExperimentConfig, numbers: ModelNumbers) -> None:
+    """Give this process the model numbers of ``config`` computed elsewhere (a sweep's driver hands them to
+    its trials, which then plan without importing the model stack)."""
+    _MODEL_NUMBERS[_model_key(config)] = numbers
+
+
+def stage_steps(config: ExperimentConfig, stage: StageConfig) -> int | None:
     """Optimizer steps of a stage: as written, or ``epochs`` x mixture size / global batch when sizes are known."""
     if stage.steps is not None:
         return stage.steps
@@ -131,7 +162,7 @@ def _stage_placement(
 def stage_placements(run: PlannedRun) -> dict[str, ResolvedPlacement]:
     """Each stage's resolved placement (what :func:`plan_run` shows as ``placement``), for the orchestration
     (``ResolvedPlacement.scaling_config_kwargs``)."""
-    counts, visual_tokens, dims = _model_numbers(run.config)
+    counts, visual_tokens, dims = model_numbers(run.config)
     table = AcceleratorTable.from_config(run.config.cluster)
     return {
         name: _stage_placement(run.config, name, counts, visual_tokens, dims, table)
@@ -143,7 +174,7 @@ def plan_run(run: PlannedRun) -> dict[str, Any]:
     """One entry of the plan's ``runs``."""
     config = run.config
     model = config.model
-    counts, visual_tokens, dims = _model_numbers(config)
+    counts, visual_tokens, dims = model_numbers(config)
     table = AcceleratorTable.from_config(config.cluster)
     params_total = sum(total for total, _ in counts.values())
     stages = []
@@ -164,7 +195,7 @@ def plan_run(run: PlannedRun) -> dict[str, Any]:
                     "schedule": stage.loss.schedule.model_dump(mode="json"),
                 },
                 "placement": placement.as_plan(),
-                "steps": _steps(config, stage),
+                "steps": stage_steps(config, stage),
                 "epochs": stage.epochs,
                 "lr": {part: stage.lr.for_part(part) for part in trainable},
                 "mixture": [entry.model_dump(mode="json") for entry in stage.mixture],
@@ -209,4 +240,14 @@ def build_plan(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["PlannedRun", "build_plan", "expand_runs", "plan_run", "stage_placements"]
+__all__ = [
+    "ModelNumbers",
+    "PlannedRun",
+    "build_plan",
+    "expand_runs",
+    "model_numbers",
+    "plan_run",
+    "remember_model_numbers",
+    "stage_placements",
+    "stage_steps",
+]

@@ -35,7 +35,7 @@ from ..config.schema import ExperimentConfig
 from ..tracking import names
 from ..tracking.store import TrackingStore
 from ..tracking.tracker import Tracker, git_commit
-from ..train.loop import EXPORT_DIR, PROGRESS_FILE, StageSpec
+from ..train.spec import EXPORT_DIR, PROGRESS_FILE, StageSpec
 from .plan import PlannedRun, plan_run, stage_placements
 
 log = logging.getLogger(__name__)

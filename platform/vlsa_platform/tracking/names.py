@@ -37,7 +37,21 @@ STAGE = "stage"
 THROUGHPUT = "throughput/samples_per_s"
 """Training samples per second over all workers since the last log."""
 VAL_LOSS_LLM = "val/loss_llm"
+"""``loss/llm`` on the held-out validation samples (mean over every rank's validation micro-batches)."""
 VAL_LOSS_REC = "val/loss_rec"
+"""``loss/rec`` on the held-out validation samples, with the same timesteps and noise on every pass."""
+VAL_EXACT_MATCH = "val/exact_match"
+"""Fraction of held-out questions whose greedily decoded answer equals the reference (after normalising case,
+whitespace and trailing punctuation; ``vlsa_platform.eval.answers``)."""
+VAL_VQ_ACCURACY = "val/vq_accuracy"
+"""Fraction of the VQ window indices right in greedily decoded VQ cognition answers (an unparsable answer counts
+as all wrong); NaN when the decoded validation samples hold no VQ question."""
+VAL_PX_ACCURACY = "val/px_accuracy"
+"""Fraction of RGB values within 8 (of 255) of the truth in greedily decoded pixel cognition answers (an
+unparsable answer counts as all wrong); NaN when the decoded validation samples hold no pixel question."""
+VAL_PSNR = "val/psnr"
+"""Reconstruction PSNR in dB (pixels in [0, 1]) of the frozen VAE's decoding of the denoised latent estimate
+against the validation image, averaged over images; NaN without ``recon``."""
 COST_GPU_HOURS = "cost/gpu_hours"
 """Device-hours used so far (``vlsa_platform.cluster.gpu_hours``; 0 on CPU workers)."""
 
@@ -195,8 +209,12 @@ __all__ = [
     "TAG_VARIANT",
     "THROUGHPUT",
     "TRUNCATED_MARKER",
+    "VAL_EXACT_MATCH",
     "VAL_LOSS_LLM",
     "VAL_LOSS_REC",
+    "VAL_PSNR",
+    "VAL_PX_ACCURACY",
+    "VAL_VQ_ACCURACY",
     "clean_key",
     "deepspeed_artifact",
     "flatten_params",

@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +46,8 @@ import torch
 from ..cluster import AcceleratorTable, accelerator_for
 from ..config.schema import ExperimentConfig
 from ..data.types import SKIP_REASONS
+from ..eval.psnr import psnr, to_unit_range
+from ..eval.validation import GenerationSettings, SampleCollector, Tally, decode_samples
 from ..model.parts import set_trainable
 from ..tracking import names
 from ..tracking.cost import GpuHoursMeter
@@ -53,50 +55,9 @@ from ..tracking.tracker import NullTracker, Tracker, tracker_for_rank
 from .build import build_model, build_tokenizer, write_export
 from .data import Batch, StageData, cognition_hook
 from .schedules import build_lr_scheduler, loss_weights
+from .spec import CHECKPOINT_TAG, EXPORT_DIR, PROGRESS_FILE, StageSpec
 from .step import LOSS_PARTS, check_same_structure, train_step
 from .strategy import DeepSpeedStrategy, param_groups
-
-#: DeepSpeed's checkpoint tag inside every checkpoint folder (each reported checkpoint is its own folder).
-CHECKPOINT_TAG = "state"
-#: Folder of the exported model inside a stage's final checkpoint.
-EXPORT_DIR = "model"
-#: File in a checkpoint folder with the stage's progress at that point (what the driver reads).
-PROGRESS_FILE = "progress.json"
-
-
-@dataclass
-class StageSpec:
-    """What every worker of one stage needs to run it; JSON-able (:meth:`to_dict` / :meth:`from_dict`)."""
-
-    config: dict[str, Any]
-    """The run's resolved experiment config (``ExperimentConfig.resolved()``)."""
-    stage: str
-    """Name of the stage in ``config['stages']``."""
-    stage_index: int
-    """Its position (0-based): the ``stage`` metric."""
-    placement: dict[str, Any]
-    """The resolved placement (the plan's ``placement``: ZeRO stage, offload, micro-batch, accumulation)."""
-    steps: int | None = None
-    """Optimizer steps; ``None`` = from the stage's ``epochs`` and the data's size."""
-    step_offset: int = 0
-    """Global step of this stage's step 0 (the steps of the stages before it)."""
-    init_from: str | None = None
-    """Exported model folder (local or ``s3://``) of the previous stage; ``None`` = the initial weights."""
-    run_id: str | None = None
-    """MLflow run that rank 0 logs to; ``None`` = no tracking."""
-    tracking_uri: str | None = None
-    """MLflow tracking URI of that run."""
-    gpu_hours_before: float = 0.0
-    """Device-hours the run's earlier stages used (``cost/gpu_hours`` continues from it)."""
-    target_cache: str | None = None
-    """Frozen-target cache root (local or ``s3://``): VQ grids for cognition turns, cached VAE latents."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageSpec:
-        return cls(**data)
 
 
 class WorkerContext(Protocol):
@@ -177,12 +138,12 @@ class MetricWindow:
         return out
 
 
-def _all_reduce(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Sum over ranks (a no-op without a process group); NCCL needs the tensor on the GPU."""
+def _all_reduce(tensor: torch.Tensor, device: torch.device, op: Any = None) -> torch.Tensor:
+    """Sum (or ``op``) over ranks (a no-op without a process group); NCCL needs the tensor on the GPU."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return tensor
     on = tensor.to(device) if torch.distributed.get_backend() == "nccl" else tensor
-    torch.distributed.all_reduce(on)
+    torch.distributed.all_reduce(on, op=torch.distributed.ReduceOp.SUM if op is None else op)
     return on.cpu()
 
 
@@ -311,6 +272,10 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
 
     validation = data.validation_batches()
     val_every = config.data.validation.every_steps if config.data.validation else None
+    generation = _generation_settings(config, tokenizer, model, ctx.world_size)
+    psnr_images = (
+        _per_rank(config.data.validation.psnr_images, ctx.world_size) if config.data.validation else None
+    )
     log_every, recon_every = config.tracking.log_every, config.tracking.recon_every
     if not config.model.recon:
         recon_every = None
@@ -389,7 +354,7 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
                 )
                 window.reset()
             if validation is not None and ((val_every and step % val_every == 0) or last):
-                val = evaluate(strategy, validation, config.seed)
+                val = evaluate(strategy, validation, config.seed, generation, psnr_images)
                 tracker.log_metrics(val, global_step)
                 report.update(val)
                 window.started = time.perf_counter()
@@ -427,11 +392,81 @@ def _log_reconstruction(
     tracker.log_reconstruction(truth.float().cpu(), decoded.float().cpu(), step, stage)
 
 
-def evaluate(strategy: DeepSpeedStrategy, batches: Any, seed: int) -> dict[str, float]:
-    """``val/loss_llm`` and ``val/loss_rec``: means over every rank's validation micro-batches, with the RNG
-    (L_rec timesteps and noise) seeded the same on every pass so values are comparable across steps."""
+def _per_rank(count: int | None, world_size: int) -> int | None:
+    """A per-pass count over all ranks as each rank's share (rounded up; ``None`` stays ``None``)."""
+    return None if count is None else math.ceil(count / world_size)
+
+
+def _generation_settings(
+    config: ExperimentConfig, tokenizer: Any, model: torch.nn.Module, world_size: int
+) -> GenerationSettings | None:
+    """How validation decodes answers on this rank (``data.validation.generate_*``), ``None`` for no decoding."""
+    validation = config.data.validation
+    if validation is None or validation.generate_samples == 0:
+        return None
+    return GenerationSettings.for_model(
+        tokenizer,
+        model,
+        samples=_per_rank(validation.generate_samples, world_size),
+        extra_tokens=validation.generate_extra_tokens,
+        batch_size=validation.generate_batch,
+        vq_format=config.data.cognition.vq_format,
+    )
+
+
+def _own_parameters_gathered(strategy: DeepSpeedStrategy, module: torch.nn.Module) -> Any:
+    """Context in which ``module``'s own parameters (not its sub-modules') are whole on every rank. ZeRO-3
+    gathers them in the module's forward hook, which ``generate`` does not go through (anyres's
+    ``image_newline`` is one); sub-modules gather theirs in their own hooks. Every rank enters it together."""
+    if strategy.zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(module.parameters(recurse=False)), modifier_rank=None)
+
+
+def _reconstruction_psnr(
+    strategy: DeepSpeedStrategy, batch: dict[str, torch.Tensor], out: Any, limit: int | None
+) -> torch.Tensor:
+    """Per-image PSNR (dB, pixels in [0, 1]) of the frozen VAE's decoding of the denoised latents ``z_hat``
+    of the batch's first ``limit`` images (``None``: all) against their L_rec target pixels; a batch with cached latents
+    instead of pixels is compared with the VAE's decoding of the clean latents ``z``. Under ZeRO-3 every rank
+    decodes (the VAE is gathered; the ranks' batches have the same structure, so the same images count)."""
+    recon = strategy.engine.module.reconstruction
+    with strategy.gathered(recon.vae):
+        decoded = recon.decode(out.recon_denoised[:limit].to(recon.vae.dtype))
+        pixels = batch.get("recon_pixel_values")
+        if pixels is not None:
+            truth = pixels[:limit]
+        else:
+            truth = recon.decode(out.recon_latents[:limit].to(recon.vae.dtype))
+    return psnr(to_unit_range(decoded), to_unit_range(truth))
+
+
+def evaluate(
+    strategy: DeepSpeedStrategy,
+    batches: Any,
+    seed: int,
+    generation: GenerationSettings | None = None,
+    psnr_images: int | None = None,
+) -> dict[str, float]:
+    """One validation pass; every rank calls it together. Means over every rank's validation shard of:
+
+    - ``val/loss_llm``, ``val/loss_rec``: over the validation micro-batches, with the RNG (L_rec timesteps and
+      noise) seeded the same on every pass so values are comparable across steps;
+    - ``val/psnr``: over the first ``psnr_images`` images of the shard with an L_rec target (``None`` = all;
+      NaN without ``recon``);
+    - ``val/exact_match``, ``val/vq_accuracy``, ``val/px_accuracy``: greedy answers to the first
+      ``generation.samples`` samples of the shard (``eval.validation``; NaN without ``generation``, and the
+      cognition ones without such questions).
+    """
     engine = strategy.engine
+    model = engine.module
     sums = torch.zeros(4, dtype=torch.float64)  # llm sum, llm count, rec sum, rec count
+    tally = Tally()
+    collector = SampleCollector(generation) if generation is not None and generation.samples > 0 else None
+    in_step = strategy.zero_stage == 3 and strategy.world_size_now > 1
+    psnr_left = psnr_images  # None: every image
     devices = (
         [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     )
@@ -442,20 +477,41 @@ def evaluate(strategy: DeepSpeedStrategy, batches: Any, seed: int) -> dict[str, 
                 seed + 1_000_003 * (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
             )
             for batch in batches:
+                if collector is not None:
+                    collector.add(batch.tensors)
                 tensors = _to_device(batch.tensors, strategy.device)
-                if strategy.zero_stage == 3 and strategy.world_size_now > 1:
+                if in_step:
                     check_same_structure(tensors)
                 out = strategy.forward(**tensors)
                 for i, value in ((0, out.loss_llm), (2, out.loss_rec)):
                     if value is not None and torch.isfinite(value):
                         sums[i] += float(value)
                         sums[i + 1] += 1
+                if getattr(out, "recon_denoised", None) is not None and (psnr_left is None or psnr_left > 0):
+                    values = _reconstruction_psnr(strategy, tensors, out, psnr_left).cpu()
+                    tally.add_psnr(values)
+                    psnr_left = None if psnr_left is None else psnr_left - len(values)
+            if collector is not None:
+                sync = (
+                    functools.partial(_all_reduce, device=strategy.device, op=torch.distributed.ReduceOp.MAX)
+                    if in_step
+                    else None
+                )
+                with _own_parameters_gathered(strategy, model):
+                    decode_samples(
+                        model, collector.samples, generation, tally, device=strategy.device, sync=sync
+                    )
     finally:
         engine.train()
-    sums = _all_reduce(sums, strategy.device)
+    packed = _all_reduce(torch.cat([sums, tally.to_tensor()]), strategy.device)
+    sums, means = packed[:4], Tally.from_tensor(packed[4:]).means()
     return {
         names.VAL_LOSS_LLM: float(sums[0] / sums[1]) if sums[1] else math.nan,
         names.VAL_LOSS_REC: float(sums[2] / sums[3]) if sums[3] else math.nan,
+        names.VAL_EXACT_MATCH: means["exact_match"],
+        names.VAL_VQ_ACCURACY: means["vq_accuracy"],
+        names.VAL_PX_ACCURACY: means["px_accuracy"],
+        names.VAL_PSNR: means["psnr"],
     }
 
 

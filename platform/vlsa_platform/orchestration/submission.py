@@ -1,0 +1,420 @@
+"""A submission: one Ray Tune experiment whose trials are the child runs of one MLflow parent run.
+
+``run_submission`` is what ``vlsa-platform submit`` runs, on this machine (an embedded local Ray) or inside a
+Ray job on a cluster (:mod:`.entry`). It
+
+1. serves the tracking store to many writers (a local SQLite store gets one local ``mlflow server``,
+   :func:`~vlsa_platform.tracking.store.shared_store`);
+2. creates the parent run (experiment = the file's ``name``, run name = the submission id) with the resolved
+   config, or re-attaches to it when resuming;
+3. runs the trials as a ``ray.tune.Tuner`` (:mod:`.sweep` for the search space, searcher and scheduler): each
+   trial is a small function trainable that calls :func:`.training.run_training` for its run, whose stages are
+   Ray Train ``TorchTrainer`` s reporting to Tune through ``TuneReportCallback`` — only at validation points,
+   so every Tune result carries the sweep's metric;
+4. closes the parent run (``FINISHED``, or ``FAILED`` when a trial failed, ``KILLED`` when interrupted) and
+   marks trials that ASHA stopped early (child run ``KILLED``, tag ``vlsa.early_stopped``).
+
+Layout in the run storage (``storage.path``; default ``<workdir>/storage``)::
+
+    <storage>/tune/<submission id>/            Tune's experiment folder (what ``resume`` restores)
+    <storage>/runs/<submission id>/<experiment>/<trial>/   each trial's run (training.run_dir)
+
+A submission's record (:mod:`.records`) keeps its id, where it runs, its storage and its parent run, so
+``status``, ``logs``, ``stop`` and ``resume`` find it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import storage
+from ..config.schema import ExperimentConfig
+from ..tracking import names
+from ..tracking.store import TrackingStore, resolve_store, shared_store
+from ..tracking.tracker import Tracker, git_commit
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = "tune"
+RUNS_DIR = "runs"
+DEFAULT_STORAGE_DIR = "storage"
+TRIAL_DRIVER_CPU = 0.05
+"""CPU reserved for each trial's driver (the function that starts its stages' TorchTrainers; the trainers'
+workers reserve their own), small so that trials fit beside their workers on a 2-core machine."""
+TAG_KIND = "vlsa.kind"
+TAG_SUBMISSION = "vlsa.submission"
+TAG_EARLY_STOPPED = "vlsa.early_stopped"
+WORKER_ENV = {
+    # A stage's controller polls its workers this often (Ray's default, 2 s, adds seconds to every stage).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Spot preemption is a cloud matter; a watcher actor per stage costs a process start on small machines.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+"""Environment of every Ray worker of a submission (``ray.init(runtime_env=...)`` locally, the job's
+``runtime_env`` on a cluster)."""
+
+
+@dataclass
+class SubmissionSpec:
+    """Everything a submission's driver needs, as JSON (written beside a Ray job, kept in the record)."""
+
+    submission_id: str
+    """``<experiment>-<YYYYmmdd-HHMMSS>``: the Tune experiment's name and the parent run's name."""
+    experiment: str
+    kind: str
+    """``sweep``, ``ablation`` or ``single``."""
+    source: str
+    """The experiment file as given."""
+    scale: str | None
+    overrides: list[str]
+    config: dict[str, Any]
+    """The experiment as loaded (``ExperimentConfig.raw``: after ``extends``, ``--scale`` and ``--set``)."""
+    workdir: str
+    """Absolute work directory of the driver (local MLflow store, records)."""
+    storage_root: str
+    """Absolute local folder or ``s3://`` of the run storage."""
+    tracking_uri: str | None = None
+    """The MLflow tracking URI; ``None`` = the local store in ``workdir``."""
+    parent_run_id: str | None = None
+    """Set once the parent run exists (a resume re-attaches to it)."""
+    resource_timeout_s: float = 120.0
+    """How long to wait for the cluster to offer what the trials need before giving up."""
+
+    def experiment_config(self) -> ExperimentConfig:
+        return ExperimentConfig.model_validate(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SubmissionSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def tune_root(self) -> str:
+        return storage.join(self.storage_root, TUNE_DIR)
+
+    @property
+    def tune_path(self) -> str:
+        """Tune's experiment folder of this submission."""
+        return storage.join(self.tune_root, self.submission_id)
+
+    @property
+    def runs_root(self) -> str:
+        """``storage_root`` of every trial's :func:`~.training.run_training`."""
+        return storage.join(self.storage_root, RUNS_DIR, self.submission_id)
+
+
+@dataclass
+class TrialOutcome:
+    """One trial at the end of a submission."""
+
+    trial_id: str
+    name: str
+    values: dict[str, Any]
+    status: str
+    """``finished``, ``stopped early`` (ASHA), ``failed``, ``interrupted`` (the submission was stopped while
+    it ran) or ``not run``."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class SubmissionResult:
+    spec: SubmissionSpec
+    parent_run_id: str
+    tracking_uri: str
+    trials: list[TrialOutcome]
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[TrialOutcome]:
+        return [t for t in self.trials if t.status == "failed"]
+
+
+class ClusterResourceError(RuntimeError):
+    """The cluster cannot run a trial's stages (no node of the accelerator class, too few GPUs/CPUs)."""
+
+
+# ---------------------------------------------------------------------------------------------- the trial
+
+
+def _trial(
+    params: dict[str, Any],
+    *,
+    spec: dict[str, Any],
+    tracking_uri: str,
+    parent_run_id: str,
+    model_numbers: Any = None,
+) -> None:
+    """A Tune trial: train its run through every stage (resuming what an earlier attempt left)."""
+    from ray import tune
+
+    from .plan import remember_model_numbers
+    from .reporting import ValidationReportCallback
+    from .sweep import trial_run
+    from .training import run_training
+
+    sub = SubmissionSpec.from_dict(spec)
+    config = sub.experiment_config()
+    if model_numbers is not None:  # the driver planned this model already: no model imports here
+        remember_model_numbers(config, model_numbers)
+    trial_id = tune.get_context().get_trial_id()
+    chosen = trial_run(config, params, trial_id)
+    metric = config.sweep.metric if config.sweep is not None else names.VAL_LOSS_LLM
+    tags = {names.TAG_TRIAL_ID: trial_id, TAG_SUBMISSION: sub.submission_id}
+    run_training(
+        chosen.run,
+        storage_root=sub.runs_root,
+        store=TrackingStore(uri=tracking_uri),
+        parent_run_id=parent_run_id,
+        run_name=chosen.run.name,
+        tags=tags,
+        callbacks=[ValidationReportCallback(metric)],
+    )
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+
+def trial_resources(config: ExperimentConfig) -> dict[str, float]:
+    """The most any stage of a run asks of the cluster at once (CPU, GPU, ``accelerator_type:X``), for
+    bounding concurrency and failing fast on a cluster that cannot run it."""
+    from .plan import expand_runs, stage_placements
+
+    need: dict[str, float] = {}
+    for run in expand_runs(config):
+        for placement in stage_placements(run).values():
+            per_worker = {"CPU": float(1 + config.data.loader_workers)}
+            if placement.use_gpu:
+                per_worker["GPU"] = 1.0
+            kwargs = placement.scaling_config_kwargs()
+            if kwargs.get("accelerator_type"):
+                per_worker[f"accelerator_type:{kwargs['accelerator_type']}"] = 0.001
+            for key, value in per_worker.items():
+                need[key] = max(need.get(key, 0.0), value * placement.num_workers)
+    return need
+
+
+def _fits(cluster: Mapping[str, float], need: Mapping[str, float]) -> int:
+    """How many trials needing ``need`` fit in ``cluster`` at once (0: none)."""
+    counts = []
+    for key, amount in need.items():
+        have = float(cluster.get(key, 0.0))
+        if key.startswith("accelerator_type:"):
+            counts.append(1_000_000 if have > 0 else 0)
+        else:
+            counts.append(int(have // amount) if amount > 0 else 1_000_000)
+    return min(counts) if counts else 1
+
+
+def wait_for_resources(
+    need: Mapping[str, float], timeout_s: float, say: Callable[[str], None] = print
+) -> int:
+    """Wait (at most ``timeout_s``) until the cluster can hold one trial; return how many fit at once.
+    Raises :class:`ClusterResourceError` naming what is missing."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        cluster = ray.cluster_resources()
+        fits = _fits(cluster, need)
+        if fits > 0:
+            return fits
+        missing = {
+            key: amount
+            for key, amount in need.items()
+            if float(cluster.get(key, 0.0)) < (amount if not key.startswith("accelerator_type:") else 1e-9)
+        }
+        described = ", ".join(
+            f"accelerator class {k.split(':', 1)[1]}" if k.startswith("accelerator_type:") else f"{v:g} {k}"
+            for k, v in missing.items()
+        )
+        if time.monotonic() >= deadline:
+            have = ", ".join(f"{k}={v:g}" for k, v in sorted(cluster.items()) if not k.startswith("node:"))
+            raise ClusterResourceError(
+                f"the cluster cannot run a trial: it needs {described} (the cluster has {have}); waited "
+                f"{timeout_s:.0f}s for it to appear (--resource-timeout)"
+            )
+        if not told:
+            say(f"waiting up to {timeout_s:.0f}s for the cluster to offer {described}")
+            told = True
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+
+def _parent_run(sub: SubmissionSpec, config: ExperimentConfig, store: TrackingStore) -> Tracker:
+    if sub.parent_run_id:
+        tracker = Tracker.for_run(sub.parent_run_id, store=store)
+        tracker.set_tags({TAG_SUBMISSION: sub.submission_id})
+        return tracker
+    tags = {
+        **names.run_tags(scale=config.model.preset, git_commit=git_commit()),
+        TAG_KIND: config.kind,
+        TAG_SUBMISSION: sub.submission_id,
+    }
+    tracker = Tracker.start_parent(config.name, sub.submission_id, tags=tags, store=store)
+    tracker.log_config(config.resolved())
+    tracker.log_text(config.description or config.name, "description.txt")
+    return tracker
+
+
+DRIVER_ENV = {
+    # Trials report only results that carry the metric (reporting.ValidationReportCallback); Tune's own
+    # bookkeeping results do not, and its strict check would reject them.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Tune's own tables stay off (verbose=0 on the legacy reporter); reporting.ProgressCallback prints.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # MLflow prints "View run ... at <url>" for every run it ends; the summary names the parent run.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+@contextlib.contextmanager
+def _driver_env() -> Iterator[None]:
+    """:data:`DRIVER_ENV` for the duration of a submission."""
+    old = {key: os.environ.get(key) for key in DRIVER_ENV}
+    os.environ.update(DRIVER_ENV)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_submission(
+    sub: SubmissionSpec,
+    *,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+    on_parent: Callable[[str, str], None] | None = None,
+) -> SubmissionResult:
+    """Run (or, with ``resume``, continue) a submission on the connected Ray cluster.
+
+    Args:
+        sub: the submission.
+        resume: restore the Tune experiment at ``sub.tune_path`` (finished trials are not run again;
+            interrupted and failed ones continue from their last checkpoint).
+        say: where progress lines go.
+        on_parent: called with ``(parent run id, tracking URI)`` as soon as the parent run exists.
+    """
+    import ray
+    from ray import tune
+
+    from .plan import model_numbers
+    from .reporting import ProgressCallback
+    from .sweep import num_samples, param_space, scheduler, search_algorithm
+
+    if not ray.is_initialized():
+        raise RuntimeError("run_submission needs a Ray cluster: call ray.init() first")
+    config = sub.experiment_config()
+    need = trial_resources(config)
+    fits = wait_for_resources(need, sub.resource_timeout_s, say)
+    wanted = config.sweep.max_concurrent_trials if config.sweep is not None else None
+    concurrent = min(fits, wanted) if wanted else fits
+
+    store = resolve_store(sub.tracking_uri, sub.workdir)
+    with _driver_env(), shared_store(store) as served:
+        parent = _parent_run(sub, config, served)
+        sub.parent_run_id = parent.run_id
+        if on_parent is not None:
+            on_parent(parent.run_id, store.uri)
+        metric = config.sweep.metric if config.sweep is not None else names.VAL_LOSS_LLM
+        mode = config.sweep.mode if config.sweep is not None else "min"
+        progress = ProgressCallback(config, sub, served.uri, parent.run_id, metric=metric, mode=mode, say=say)
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                _trial,
+                spec=sub.to_dict(),
+                tracking_uri=served.uri,
+                parent_run_id=parent.run_id,
+                model_numbers=model_numbers(config),
+            ),
+            {"CPU": TRIAL_DRIVER_CPU},
+        )
+        fs = storage.arrow_filesystem(sub.tune_root)
+        status = "FAILED"
+        interrupted = False
+        trials: list[TrialOutcome] = []
+        try:
+            if resume and tune.Tuner.can_restore(sub.tune_path, storage_filesystem=fs):
+                say(f"resuming {sub.submission_id} from {sub.tune_path}")
+                tuner = tune.Tuner.restore(
+                    _tune_location(sub.tune_path),
+                    trainable,
+                    resume_unfinished=True,
+                    resume_errored=True,
+                    restart_errored=False,
+                    storage_filesystem=fs,
+                    param_space=param_space(config),
+                )
+                # Tune restores the callbacks it pickled; this launch's (terminal, tracking server) replace them.
+                tuner._local_tuner.get_run_config().callbacks = [progress]
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=param_space(config),
+                    tune_config=tune.TuneConfig(
+                        metric=metric,
+                        mode=mode,
+                        search_alg=search_algorithm(config, concurrent),
+                        scheduler=scheduler(config),
+                        num_samples=num_samples(config),
+                    ),
+                    run_config=tune.RunConfig(
+                        name=sub.submission_id,
+                        storage_path=_tune_location(sub.tune_root),
+                        storage_filesystem=fs,
+                        failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
+                        callbacks=[progress],
+                        verbose=0,
+                    ),
+                )
+            say(
+                f"{config.kind} {sub.submission_id}: up to {concurrent} trial"
+                f"{'s' if concurrent != 1 else ''} at once (the cluster fits {fits})"
+            )
+            results = tuner.fit()
+            trials = progress.outcomes(results)
+            interrupted = any(t.status in ("not run", "interrupted") for t in trials)
+            status = "FAILED" if any(t.status == "failed" for t in trials) else "FINISHED"
+            if interrupted:
+                status = "KILLED"
+        except KeyboardInterrupt:
+            interrupted = True
+            status = "KILLED"
+            raise
+        finally:
+            progress.close_stopped_children()
+            parent.set_tags({"vlsa.status": status.lower()})
+            parent.close(status=status, timeout=30)
+    return SubmissionResult(sub, parent.run_id, store.uri, trials, interrupted=interrupted)
+
+
+def _tune_location(path: str) -> str:
+    """Tune's ``storage_path`` for a location: the bucket/prefix without ``s3://`` (with its filesystem)."""
+    return path[len("s3://") :] if storage.is_s3(path) else path
+
+
+__all__ = [
+    "ClusterResourceError",
+    "SubmissionResult",
+    "SubmissionSpec",
+    "TrialOutcome",
+    "run_submission",
+    "trial_resources",
+    "wait_for_resources",
+]

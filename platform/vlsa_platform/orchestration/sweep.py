@@ -1,0 +1,158 @@
+"""Ray Tune pieces of a submission: the search space, the search algorithm, the trial scheduler, and what each
+trial's parameters mean (DESIGN.md §4-5).
+
+Every submission is a Tune experiment whose trials are child runs:
+
+- a **sweep** (``sweep:`` in the file): the search space's dotted keys, sampled as the file says
+  (``grid`` -> ``tune.grid_search``, ``choice``, ``uniform``, ``loguniform``), by Tune's own variant generator
+  (``algorithm: grid`` or ``random``, seeded with the experiment's ``seed``) or by Optuna's TPE
+  (``algorithm: optuna``, ``ray.tune.search.optuna.OptunaSearch``);
+- an **ablation**: one trial per variant (``tune.grid_search`` over the variant keys);
+- a **single run**: one trial.
+
+Trials report to Tune only at validation points (every ``data.validation.every_steps`` optimizer steps and at
+the end of every stage) and each report carries the sweep's metric: Tune's ``training_iteration`` therefore
+counts validations, and ASHA's rungs (``grace_period`` x ``reduction_factor``^k of them) fall at validation
+points and stage boundaries. ``max_t`` defaults to the number of validations a whole run makes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..config.schema import Domain, ExperimentConfig
+from .plan import PlannedRun, stage_steps
+
+VARIANT_KEY = "variant"
+"""Trial parameter that names the ablation variant of a trial."""
+SINGLE_RUN_NAME = "main"
+UNKNOWN_MAX_T = 1000
+"""ASHA's ``max_t`` when a stage's length is not known before it starts (``epochs`` over datasets of unknown
+size): large enough never to cut a trial short."""
+
+
+def _domain(domain: Domain) -> Any:
+    from ray import tune
+
+    if domain.grid is not None:
+        return tune.grid_search(list(domain.grid))
+    if domain.choice is not None:
+        return tune.choice(list(domain.choice))
+    if domain.uniform is not None:
+        return tune.uniform(*domain.uniform)
+    assert domain.loguniform is not None
+    return tune.loguniform(*domain.loguniform)
+
+
+def param_space(config: ExperimentConfig) -> dict[str, Any]:
+    """Tune's ``param_space``: the sweep's dotted keys, the ablation's variants, or nothing for one run."""
+    from ray import tune
+
+    if config.sweep is not None:
+        return {key: _domain(domain) for key, domain in config.sweep.search_space.items()}
+    if config.ablation is not None:
+        return {VARIANT_KEY: tune.grid_search(list(config.ablation.variants))}
+    return {}
+
+
+def num_samples(config: ExperimentConfig) -> int:
+    """Tune's ``num_samples``: repeats of the grid for ``grid``, the number of draws otherwise, 1 otherwise."""
+    return config.sweep.num_samples if config.sweep is not None else 1
+
+
+def search_algorithm(config: ExperimentConfig, max_concurrent: int) -> Any:
+    """The searcher, running at most ``max_concurrent`` trials at once: Optuna's TPE for ``optuna`` (behind a
+    ``ConcurrencyLimiter``); Tune's variant generator (seeded) otherwise."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if config.sweep is not None and config.sweep.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=config.seed), max_concurrent=max_concurrent)
+    return BasicVariantGenerator(random_state=config.seed, max_concurrent=max_concurrent)
+
+
+def validations_per_run(config: ExperimentConfig) -> int | None:
+    """Validation points of a whole run (each stage: every ``every_steps`` steps, and its end), or ``None``
+    when a stage's length is unknown before it starts."""
+    every = config.data.validation.every_steps if config.data.validation else None
+    total = 0
+    for stage in config.stages.values():
+        steps = stage_steps(config, stage)
+        if steps is None:
+            return None
+        total += steps // every + (1 if steps % every else 0) if every else 1
+    return total
+
+
+def scheduler(config: ExperimentConfig) -> Any:
+    """ASHA (``AsyncHyperBandScheduler`` on ``training_iteration``, i.e. validation points) or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if config.sweep is None or config.sweep.scheduler.kind == "fifo":
+        return FIFOScheduler()
+    settings = config.sweep.scheduler
+    max_t = settings.max_t or validations_per_run(config) or UNKNOWN_MAX_T
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=max(max_t, settings.grace_period),
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
+        brackets=settings.brackets,
+        # A trial at max_t is at its last validation: stopping it there would end it before it writes its
+        # final stage's completion and closes its run.
+        stop_last_trials=False,
+    )
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """What one trial trains: its run (name, variant, config) and the values that set it apart."""
+
+    run: PlannedRun
+    values: dict[str, Any]
+    """The sampled values (sweep) or ``{"variant": key}`` (ablation); empty for a single run."""
+
+
+def trial_run(config: ExperimentConfig, params: dict[str, Any], trial_id: str) -> TrialRun:
+    """The run a trial with Tune parameters ``params`` trains.
+
+    Sweep trials are named ``trial-<n>`` after the number Tune gives them (``<experiment tag>_00003`` ->
+    ``trial-00003``); an ablation trial is named after its variant; a single run is ``main``.
+    """
+    if config.sweep is not None:
+        values = {key: params[key] for key in config.sweep.search_space}
+        name = f"trial-{trial_id.rsplit('_', 1)[-1]}"
+        return TrialRun(PlannedRun(name, None, name, config.trial(values, trial_id=name)), values)
+    if config.ablation is not None:
+        variant = params[VARIANT_KEY]
+        label = config.ablation.variants[variant].label or variant
+        return TrialRun(PlannedRun(variant, variant, label, config.variant(variant)), {VARIANT_KEY: variant})
+    return TrialRun(PlannedRun(SINGLE_RUN_NAME, None, config.name, config), {})
+
+
+def describe_values(values: dict[str, Any]) -> str:
+    """``loss.rec_weight=0.3 data.cognition.p_vq=0.412`` (floats to 3 significant digits)."""
+
+    def short(value: Any) -> str:
+        if isinstance(value, float) and math.isfinite(value):
+            return f"{value:.3g}"
+        return str(value)
+
+    return " ".join(f"{key}={short(value)}" for key, value in values.items())
+
+
+__all__ = [
+    "SINGLE_RUN_NAME",
+    "VARIANT_KEY",
+    "TrialRun",
+    "describe_values",
+    "num_samples",
+    "param_space",
+    "scheduler",
+    "search_algorithm",
+    "trial_run",
+    "validations_per_run",
+]

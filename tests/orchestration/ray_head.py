@@ -1,0 +1,277 @@
+"""A real Ray head for tests: ``ray start --head --block`` on 127.0.0.1, token authentication on.
+
+Everything is the test's own: a random token in a file of the test (``RAY_AUTH_TOKEN_PATH`` in the head's
+environment, so Ray never reads or writes ``~/.ray/auth_token``), every port picked free here (the head, the
+dashboard with its Jobs API, the Ray Client server, the agents, metrics), and a temporary root folder
+(``--temp-dir``), so the ``ray_current_cluster`` file that makes a plain ``ray.init()`` join an existing
+cluster is written there, not in ``/tmp/ray`` where other Ray users on the machine would find it.
+
+:func:`ray_head` starts it and stops it: SIGTERM to the ``ray start --block`` process group (``ray start
+--block`` and its Ray processes share it), SIGKILL after a short grace period, then SIGKILL to any process
+left whose command line names this head's temporary folder (all of them started by it). Never ``ray stop``:
+that ends every Ray instance on the machine.
+
+The head's ``PATH`` starts with this interpreter's folder, so a job's ``python`` is this virtual environment's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = 120.0
+"""Bound on the head coming up (the Jobs API answering); a loaded 2-core machine takes 10-30 s."""
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A running head."""
+
+    address: str
+    """The dashboard, ``http://127.0.0.1:PORT``: what ``--address`` takes."""
+    gcs_address: str
+    """``127.0.0.1:PORT`` (``ray.init(address=...)``)."""
+    token: str
+    token_path: Path
+    temp_dir: Path
+    log_path: Path
+    """Output of ``ray start``."""
+    pid: int
+
+    def client_env(self) -> dict[str, str]:
+        """Variables that make a client on this machine send the head's token (what a user would set)."""
+        return {"RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+    def logs_dir(self) -> Path | None:
+        """The session's log folder (``job-driver-<id>.log``, ``dashboard.log``…), once it exists."""
+        found = sorted(self.temp_dir.glob("session_*/logs"))
+        return found[-1] if found else None
+
+
+def _free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((HOST, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def _answers(url: str, token: str) -> bool:
+    request = urllib.request.Request(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            json.loads(response.read() or b"[]")
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _pids_naming(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (this head's unique temporary folder)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop(proc: subprocess.Popen[bytes], temp_dir: Path, grace_s: float = 3.0) -> None:
+    """SIGTERM to the ``ray start --block`` group, SIGKILL after ``grace_s`` (a graceful Ray teardown takes
+    15 s or more and nothing here needs it), then SIGKILL to any process of this head left outside the group
+    (one whose command line names its temporary folder)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while (left := _pids_naming(str(temp_dir))) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def _start(
+    root: Path, token: str, num_cpus: int, resources: Mapping[str, float] | None, env: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], RayHead]:
+    ray_bin = Path(sys.executable).parent / "ray"
+    token_path = root / "auth_token"
+    token_path.write_text(token)
+    token_path.chmod(0o600)
+    # Short: Ray puts Unix sockets under it (107-byte path limit).
+    temp_dir = Path(tempfile.mkdtemp(prefix="vrh", dir="/tmp"))
+    (
+        gcs,
+        dashboard,
+        client,
+        agent_http,
+        agent_grpc,
+        runtime_env_agent,
+        metrics,
+        node_manager,
+        object_manager,
+    ) = _free_ports(9)
+    cmd = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={HOST}",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        f"--dashboard-host={HOST}",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        f"--object-store-memory={256 * 1024**2}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if resources:
+        cmd.append(f"--resources={json.dumps(dict(resources))}")
+    head_env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
+    }
+    head_env.update(
+        {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token_path),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray replaces a loopback --node-ip-address with the machine's outward address (and asks the
+            # network which one that is); this single-node switch keeps every Ray address on 127.0.0.1.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # SIGTERM to `ray start --block` first drains the node for up to 30 s; nothing here needs it.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    head_env.update(env)
+    log_path = root / "ray-start.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=head_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    head = RayHead(
+        address=f"http://{HOST}:{dashboard}",
+        gcs_address=f"{HOST}:{gcs}",
+        token=token,
+        token_path=token_path,
+        temp_dir=temp_dir,
+        log_path=log_path,
+        pid=proc.pid,
+    )
+    return proc, head
+
+
+@contextlib.contextmanager
+def ray_head(
+    root: Path,
+    *,
+    num_cpus: int = 2,
+    resources: Mapping[str, float] | None = None,
+    env: Mapping[str, str] | None = None,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[RayHead]:
+    """Start a Ray head (files under ``root``), wait (bounded) for its Jobs API, yield it, stop it.
+
+    ``resources``: custom node resources (e.g. ``accelerator_type:H100``); ``env``: more variables for the
+    head and hence its jobs (e.g. S3 credentials).
+    """
+    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
+        raise RuntimeError(f"no `ray` beside {sys.executable}")
+    root.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(24)
+    deadline = time.monotonic() + startup_timeout_s
+    error = ""
+    for attempt in range(2):  # a port picked free may be taken before Ray binds it: try once more
+        folder = root / f"head{attempt}"
+        folder.mkdir(exist_ok=True)
+        proc, head = _start(folder, token, num_cpus, resources, env or {})
+        try:
+            error = _wait_ready(proc, head, deadline)
+        except BaseException:
+            _finish(proc, head, folder)
+            raise
+        if error:
+            _finish(proc, head, folder)
+            if time.monotonic() >= deadline:
+                break
+            continue
+        try:
+            yield head
+        finally:
+            _finish(proc, head, folder)
+        return
+    raise RuntimeError(f"could not start a Ray head: {error}")
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], head: RayHead, deadline: float) -> str:
+    """Until the Jobs API answers an authenticated request; ``""`` when it does, else why not."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"`ray start` exited with {proc.returncode}:\n{_tail(head.log_path)}"
+        if _answers(head.address, head.token):
+            return ""
+        time.sleep(0.5)
+    return f"the Jobs API at {head.address} did not answer in time:\n{_tail(head.log_path)}"
+
+
+def _finish(proc: subprocess.Popen[bytes], head: RayHead, folder: Path) -> None:
+    """Stop the head, keep its session logs beside the test's files, remove its temporary folder."""
+    try:
+        _stop(proc, head.temp_dir)
+    finally:
+        logs = head.logs_dir()
+        if logs is not None:
+            with contextlib.suppress(OSError):
+                shutil.copytree(logs, folder / "ray-logs", dirs_exist_ok=True)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)

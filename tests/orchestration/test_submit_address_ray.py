@@ -1,0 +1,78 @@
+"""``vlsa-platform submit --address http://127.0.0.1:PORT`` to a Ray head started with ``ray start --head`` and
+token authentication: the job runs the submission on that cluster and its runs land in MLflow.
+
+The head is on this machine (loopback), so it shares the client's work directory: the job's driver serves the
+same local MLflow store, and the test reads the runs back from it. A second submission asks for an accelerator
+class the head lacks and must end with exit 3, naming it, within its ``--resource-timeout``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from vlsa_platform import cli
+from vlsa_platform.orchestration.records import find
+from vlsa_platform.tracking import names
+
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+ROOT = Path(__file__).resolve().parents[2]
+PAPER = ROOT / "experiments" / "vlsa_paper.yaml"
+FAST = [
+    *(f"stages.{s}.{k}" for s in ("stage1", "stage2", "stage3") for k in ("steps=1", "epochs=null")),
+    "data.validation.sampling=random:2",
+    "tracking.recon_every=null",
+]
+
+
+def submit(workdir: Path, address: str, *extra: str) -> int:
+    args = ["submit", str(PAPER), "--scale", "tiny", "--address", address, "--workdir", str(workdir)]
+    for item in FAST:
+        args += ["--set", item]
+    return cli.main([*args, *extra])
+
+
+def test_a_job_on_a_token_protected_head_trains_and_tracks(ray_client_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / "work"
+    assert submit(workdir, ray_client_env.address) == 0
+    out = capsys.readouterr().out
+    record = find(workdir)
+    assert record.address == ray_client_env.address and record.job_id
+    assert record.state == "FINISHED"
+    assert "parent run" in out
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("vlsa-paper")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if names.TAG_PARENT_RUN not in r.data.tags]
+    children = [r for r in runs if names.TAG_PARENT_RUN in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert children[0].data.tags[names.TAG_PARENT_RUN] == parents[0].info.run_id
+    for key in (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC, names.VAL_LOSS_LLM):
+        assert key in children[0].data.metrics
+
+    assert cli.main(["status", record.id, "--workdir", str(workdir)]) == 0
+    assert "state     FINISHED" in capsys.readouterr().out
+
+
+def test_a_missing_accelerator_class_is_exit_3_not_a_hang(ray_client_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    started = time.monotonic()
+    status = submit(
+        tmp_path / "work",
+        ray_client_env.address,
+        "--set",
+        "stages.stage1.placement.accelerator_type=H100",
+        "--resource-timeout",
+        "5",
+    )
+    assert status == cli.EXIT_RESOURCES
+    assert "accelerator class H100" in capsys.readouterr().out
+    assert time.monotonic() - started < 240
