@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +43,8 @@ from ..tracking.tracker import Tracker, git_commit
 log = logging.getLogger(__name__)
 
 TUNE_DIR = "tune"
+PARENT_FILE = "vlsa_parent_run.json"
+"""In Tune's experiment folder: the submission's MLflow parent run (what a resumed cluster job attaches to)."""
 RUNS_DIR = "runs"
 DEFAULT_STORAGE_DIR = "storage"
 TRIAL_DRIVER_CPU = 0.05
@@ -327,9 +330,14 @@ def run_submission(
     concurrent = min(fits, wanted) if wanted else fits
 
     store = resolve_store(sub.tracking_uri, sub.workdir)
+    parent_file = storage.join(sub.tune_path, PARENT_FILE)
+    if resume and not sub.parent_run_id and storage.exists(parent_file):
+        # a cluster job's resume: the client never learnt the parent run the first job created
+        sub.parent_run_id = json.loads(storage.read_text(parent_file)).get("parent_run_id")
     with _driver_env(), shared_store(store) as served:
         parent = _parent_run(sub, config, served)
         sub.parent_run_id = parent.run_id
+        storage.write_text(parent_file, json.dumps({"parent_run_id": parent.run_id}))
         if on_parent is not None:
             on_parent(parent.run_id, store.uri)
         metric = config.sweep.metric if config.sweep is not None else names.VAL_LOSS_LLM
