@@ -16,14 +16,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_RESOURCES = 3
-EXIT_INTERRUPTED = 130
-DEFAULT_WORKDIR = ".vlsa"
+from .cli import (
+    DEFAULT_WORKDIR,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RESOURCES,
+    _table,
+)
+
 DEFAULT_UI_PORT = 5000
 STOP_WAIT_S = 120.0
 
@@ -113,8 +117,7 @@ def _summary(result: Any, metric: str) -> list[str]:
                 describe_values(trial.values),
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return _table(rows)
 
 
 def _run_local(record: Any, *, resume: bool) -> int:
@@ -362,12 +365,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_rows(rows: list[list[str]], out: TextIO | None = None) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out or sys.stdout
-        )
+def _print_rows(rows: list[list[str]]) -> None:
+    print("\n".join(_table(rows, indent="")))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from .. import storage
 from ..config.schema import ExperimentConfig
 from ..tracking import names
+from .records import RECORDS_DIR, TRIALS_FILE
 from .sweep import describe_values, trial_run
 from .training import run_dir
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRIALS_FILE = "trials.json"
 _SHOWN = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC)
 
 
@@ -87,7 +87,9 @@ class ProgressCallback(Callback):
         self.started = time.monotonic()
         self.trials: dict[str, dict[str, Any]] = {}
         self.last_stage = list(config.stages)[-1]
-        self.snapshot = Path(sub.workdir) / "submissions" / sub.submission_id / TRIALS_FILE
+        self.snapshot = (
+            Path(sub.workdir) / RECORDS_DIR / sub.submission_id / TRIALS_FILE
+        )  # records.py's layout
 
     # -- pickling: Tune keeps its callbacks in the experiment state; a resumed submission gives new ones
 
@@ -269,4 +271,4 @@ def _error_text(trial: Any) -> str | None:
         return str(path)
 
 
-__all__ = ["TRIALS_FILE", "ProgressCallback", "ValidationReportCallback"]
+__all__ = ["ProgressCallback", "ValidationReportCallback"]
