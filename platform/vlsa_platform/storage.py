@@ -39,6 +39,7 @@ __all__ = [
     "StorageError",
     "arrow_filesystem",
     "default_cache_dir",
+    "delete",
     "exists",
     "is_s3",
     "join",
@@ -458,6 +459,17 @@ def write_text(uri: str | os.PathLike[str], text: str, *, client: S3Client | Non
     client = client or s3_client()
     with _s3_errors(str(uri), client):
         client.put_object(Bucket=bucket, Key=key, Body=text.encode())
+
+
+def delete(uri: str | os.PathLike[str], *, client: S3Client | None = None) -> None:
+    """Remove one file (local path or ``s3://`` object); a missing one is not an error."""
+    if not is_s3(uri):
+        Path(uri).unlink(missing_ok=True)
+        return
+    bucket, key = parse_s3(str(uri))
+    client = client or s3_client()
+    with _s3_errors(str(uri), client):
+        client.delete_object(Bucket=bucket, Key=key)
 
 
 def arrow_filesystem(uri: str) -> Any:

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from vlsa_platform.config.loader import load_experiment
-from vlsa_platform.orchestration.plan import expand_runs
+from vlsa_platform.orchestration.plan import expand_runs, plan_run, stage_placements
 from vlsa_platform.orchestration.training import (
     RUN_FILE,
     RunConflictError,
     _attach_tracking,
+    _segments,
     claim_run_dir,
     config_digest,
     run_dir,
@@ -36,3 +37,18 @@ def test_a_run_folder_is_claimed_by_one_config(tmp_path):
     assert config_digest(changed) != config_digest(config)
     with pytest.raises(RunConflictError, match="another config"):
         claim_run_dir(directory, changed)
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        ((), [[0, 1, 2]]),  # placed alike: one worker group trains the three stages
+        (("stages.stage3.placement.num_workers=2",), [[0, 1], [2]]),
+        (("stages.stage2.placement.accelerator_type=A10G",), [[0], [1], [2]]),
+        (("stages.stage3.placement.zero_stage=3",), [[0, 1, 2]]),  # DeepSpeed settings are the worker's
+    ],
+)
+def test_consecutive_stages_placed_alike_share_a_worker_group(sets, expected):
+    config = load_experiment(ROOT / "experiments" / "vlsa_paper.yaml", scale="tiny", overrides=list(sets))
+    run = expand_runs(config)[0]
+    assert _segments(plan_run(run)["stages"], stage_placements(run)) == expected

@@ -277,8 +277,10 @@ def test_killed_worker_is_replaced_and_the_run_matches_the_uninterrupted_one(zer
     killed, saved_at_kill = None, set()
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and thread.is_alive():
-        checkpoints = list((directory / "stage3").glob(f"checkpoint_*/{PROGRESS_FILE}"))
-        steps_saved = {json.loads(p.read_text())["step"] for p in checkpoints}
+        # one segment (the three stages are placed alike), in the folder named after its first stage
+        checkpoints = list((directory / "stage1").glob(f"checkpoint_*/{PROGRESS_FILE}"))
+        progress = [json.loads(p.read_text()) for p in checkpoints]
+        steps_saved = {p["step"] for p in progress if p["stage"] == "stage3"}
         if 2 in steps_saved:
             pids = _worker_pids()
             if pids:

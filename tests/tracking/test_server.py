@@ -145,6 +145,24 @@ def test_a_step_is_logged_once_even_after_resume(store, parent_id):
     assert client.get_run(tracker.run_id).info.status == "FINISHED"  # an attached tracker leaves the status
 
 
+def test_a_run_ended_by_someone_else_keeps_that_end_until_reopened(store, parent_id):
+    """A sweep's driver marks an early-stopped trial's run KILLED while the trial's process may still end it
+    on its way out; a resumed run is reopened and then ends as the resumed launch ends."""
+    client = MlflowClient(store.uri)
+    tracker = Tracker.start_child(parent_id, "stopped", store=store, options=FAST)
+    assert tracker.flush(20)
+    client.set_terminated(tracker.run_id, "KILLED")  # the driver
+    assert tracker.close(status="FAILED", timeout=30)  # the trial's process, a moment later
+    assert client.get_run(tracker.run_id).info.status == "KILLED"
+
+    resumed = Tracker.for_run(tracker.run_id, store=store, options=FAST)
+    resumed.reopen()
+    assert resumed.flush(20)
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
+    assert resumed.close(status="FINISHED", timeout=30)
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
 def test_server_killed_mid_run_costs_metrics_not_the_run(server, store, parent_id):
     """Must stay the last test of the module: it stops the module's server."""
     tracker = Tracker.start_child(

@@ -29,6 +29,9 @@ def dist():
     import deepspeed
 
     if not torch.distributed.is_initialized():
+        from vlsa_platform.train.strategy import skip_inference_comm_op
+
+        skip_inference_comm_op()
         deepspeed.init_distributed(dist_backend="gloo")
     yield deepspeed
     torch.distributed.destroy_process_group()

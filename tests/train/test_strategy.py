@@ -266,6 +266,9 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
 
     import deepspeed
 
+    from vlsa_platform.train.strategy import skip_inference_comm_op
+
+    skip_inference_comm_op()
     deepspeed.init_distributed(dist_backend="gloo")
     results = {}
     for zero_stage in (2, 3):

@@ -588,7 +588,8 @@ class SchedulerConfig(_Model):
     reduction_factor: Annotated[float, Field(gt=1.0)] = 3.0
     """ASHA: 1 / fraction of trials promoted at each rung."""
     max_t: PositiveInt | None = None
-    """ASHA: the most reports a trial makes; ``null`` = derived from the stages' lengths."""
+    """ASHA: where its rungs end (none at or past it); ``null`` = one report less than a trial makes (derived
+    from the stages' lengths: a rung at the last report would stop a trial whose work is done)."""
     brackets: PositiveInt = 1
     """ASHA: number of brackets."""
 
@@ -709,7 +710,8 @@ class StorageConfig(_Model):
     path: str | None = None
     """A local directory or ``s3://bucket/prefix``; ``null`` = a folder under the local work directory."""
     keep_checkpoints: PositiveInt = 2
-    """Checkpoints kept per stage (the newest; Ray Train's ``CheckpointConfig.num_to_keep``)."""
+    """Checkpoints kept besides every stage's final one (the newest; Ray Train's ``CheckpointConfig``): the
+    final checkpoint of each stage stays, as the next stage starts from its export."""
     max_failures: Annotated[int, Field(ge=-1)] = 3
     """Worker failures a stage survives by restarting its workers from the latest checkpoint (Ray Train's
     ``FailureConfig``); ``-1`` = no limit, ``0`` = the first failure ends the run."""

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from .. import storage
 from ..config.schema import ExperimentConfig
 from ..tracking import names
 from .records import RECORDS_DIR, TRIALS_FILE
 from .sweep import describe_values, trial_run
-from .training import run_dir
+from .training import decision_file, run_dir
 
 if TYPE_CHECKING:
     from .submission import SubmissionSpec, TrialOutcome
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SHOWN = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC)
+TAG_EARLY_STOPPED = "vlsa.early_stopped"
+"""On the child run of a trial ASHA stopped early (its status is ``KILLED``)."""
 
 
 class ValidationReportCallback(TuneReportCallback):
@@ -55,6 +58,44 @@ class ValidationReportCallback(TuneReportCallback):
             merged = {**self._latest, **current}
             if self._metric in merged:
                 super().after_report(run_context, [merged], checkpoint)
+
+
+class DecisionBoard:
+    """Where the scheduler's decision on each validation of a trial is posted for the trial's workers, which
+    wait for it (:func:`.training.run_training` with ``await_decisions``): Tune acts on a decision by ending the
+    trial's processes, which takes seconds, while a stage trains on; a worker that waits trains no step past
+    the rung that stopped it. Picklable: Tune keeps the scheduler in its experiment state."""
+
+    def __init__(self, config: ExperimentConfig, runs_root: str) -> None:
+        self.config = config
+        self.runs_root = runs_root
+
+    def post(self, trial: Any, result: dict[str, Any], decision: str) -> None:
+        if "global_step" not in result:
+            return
+        try:
+            name = trial_run(self.config, dict(trial.config), trial.trial_id).run.name
+            directory = run_dir(self.runs_root, self.config.name, name)
+            verdict = "stop" if decision == TrialScheduler.STOP else "continue"
+            storage.write_text(
+                decision_file(directory, result["global_step"]), json.dumps({"decision": verdict})
+            )
+        except Exception as err:  # the worker gives up waiting after a while: never end the sweep for this
+            log.warning("could not post the scheduler's decision for trial %s: %s", trial.trial_id, err)
+
+
+class PostingASHAScheduler(ASHAScheduler):
+    """Tune's ASHA, posting each decision it takes on a trial's result to a :class:`DecisionBoard`."""
+
+    def __init__(self, board: DecisionBoard | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.board = board
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if self.board is not None:
+            self.board.post(trial, result, decision)
+        return decision
 
 
 def _number(value: Any) -> str:
@@ -243,18 +284,24 @@ class ProgressCallback(Callback):
             for run in self._children(client, f" and tags.`{names.TAG_TRIAL_ID}` = '{trial_id}'"):
                 if run.info.status == "RUNNING":
                     if early:
-                        client.set_tag(run.info.run_id, "vlsa.early_stopped", "true")
+                        client.set_tag(run.info.run_id, TAG_EARLY_STOPPED, "true")
                     client.set_terminated(run.info.run_id, status)
         except Exception as err:  # tracking must never end a sweep
             log.warning("could not close the MLflow run of trial %s: %s", trial_id, err)
 
     def close_stopped_children(self) -> None:
         """At the end of the submission no trial runs: a child run still ``RUNNING`` was ended from outside
-        (interrupt, early stop) and is marked ``KILLED``."""
+        (interrupt, early stop) and is marked ``KILLED``. A trial that ASHA stopped is ``KILLED`` and tagged
+        whatever its process did on the way out (Tune stops a trial's process after telling its callbacks, so
+        the process may still have ended its run ``FAILED``)."""
+        early = {row["trial_id"] for row in self.trials.values() if row["status"] == "stopped early"}
         try:
             client = self._client()
             for run in self._children(client):
-                if run.info.status == "RUNNING":
+                stopped = run.data.tags.get(names.TAG_TRIAL_ID) in early
+                if stopped and run.data.tags.get(TAG_EARLY_STOPPED) != "true":
+                    client.set_tag(run.info.run_id, TAG_EARLY_STOPPED, "true")
+                if run.info.status == "RUNNING" or (stopped and run.info.status != "KILLED"):
                     client.set_terminated(run.info.run_id, "KILLED")
         except Exception as err:
             log.warning("could not close the child runs of %s: %s", self.parent_run_id, err)
@@ -271,4 +318,9 @@ def _error_text(trial: Any) -> str | None:
         return str(path)
 
 
-__all__ = ["ProgressCallback", "ValidationReportCallback"]
+__all__ = [
+    "DecisionBoard",
+    "PostingASHAScheduler",
+    "ProgressCallback",
+    "ValidationReportCallback",
+]

@@ -52,7 +52,6 @@ TRIAL_DRIVER_CPU = 0.05
 workers reserve their own), small so that trials fit beside their workers on a 2-core machine."""
 TAG_KIND = "vlsa.kind"
 TAG_SUBMISSION = "vlsa.submission"
-TAG_EARLY_STOPPED = "vlsa.early_stopped"
 WORKER_ENV = {
     # A stage's controller polls its workers this often (Ray's default, 2 s, adds seconds to every stage).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -182,6 +181,10 @@ def _trial(
         run_name=chosen.run.name,
         tags=tags,
         callbacks=[ValidationReportCallback(metric)],
+        # ASHA posts its decisions (sweep.scheduler): a stopped trial trains no step past its rung
+        await_decisions=metric
+        if config.sweep is not None and config.sweep.scheduler.kind == "asha"
+        else None,
     )
 
 
@@ -259,6 +262,7 @@ def wait_for_resources(
 def _parent_run(sub: SubmissionSpec, config: ExperimentConfig, store: TrackingStore) -> Tracker:
     if sub.parent_run_id:
         tracker = Tracker.for_run(sub.parent_run_id, store=store)
+        tracker.reopen()
         tracker.set_tags({TAG_SUBMISSION: sub.submission_id})
         return tracker
     tags = {
@@ -379,7 +383,7 @@ def run_submission(
                         metric=metric,
                         mode=mode,
                         search_alg=search_algorithm(config, concurrent),
-                        scheduler=scheduler(config),
+                        scheduler=scheduler(config, sub.runs_root),
                         num_samples=num_samples(config),
                     ),
                     run_config=tune.RunConfig(

@@ -87,22 +87,32 @@ def validations_per_run(config: ExperimentConfig) -> int | None:
     return total
 
 
-def scheduler(config: ExperimentConfig) -> Any:
-    """ASHA (``AsyncHyperBandScheduler`` on ``training_iteration``, i.e. validation points) or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def scheduler(config: ExperimentConfig, runs_root: str | None = None) -> Any:
+    """ASHA (``AsyncHyperBandScheduler`` on ``training_iteration``, i.e. validation points) or FIFO.
+
+    With ``runs_root`` (the submission's), ASHA also posts each decision to the trial's run folder, where the
+    trial's workers wait for it after every validation (:class:`.reporting.DecisionBoard`): a trial ASHA
+    stops trains no step past the rung that stopped it.
+    """
+    from ray.tune.schedulers import FIFOScheduler
+
+    from .reporting import DecisionBoard, PostingASHAScheduler
 
     if config.sweep is None or config.sweep.scheduler.kind == "fifo":
         return FIFOScheduler()
     settings = config.sweep.scheduler
-    max_t = settings.max_t or validations_per_run(config) or UNKNOWN_MAX_T
-    return ASHAScheduler(
+    validations = validations_per_run(config)
+    # A rung at a trial's last validation would stop it when its work is done: no rung reaches it (and with
+    # max_t below grace_period, ASHA has no rung at all).
+    max_t = settings.max_t or (max(1, validations - 1) if validations else UNKNOWN_MAX_T)
+    return PostingASHAScheduler(
+        DecisionBoard(config, runs_root) if runs_root is not None else None,
         time_attr="training_iteration",
-        max_t=max(max_t, settings.grace_period),
+        max_t=max_t,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
         brackets=settings.brackets,
-        # A trial at max_t is at its last validation: stopping it there would end it before it writes its
-        # final stage's completion and closes its run.
+        # max_t only places the rungs: a trial that reaches it trains on to its end.
         stop_last_trials=False,
     )
 

@@ -1,20 +1,30 @@
-"""A training run: its stages, in order, each a Ray Train ``TorchTrainer`` whose workers run ``train.loop``.
+"""A training run: its stages, in order, on Ray Train ``TorchTrainer`` s whose workers run ``train.loop``.
+
+Consecutive stages placed alike (the same workers, GPUs and accelerator class: the same ``ScalingConfig``)
+form one *segment*, trained by one ``TorchTrainer``: its workers run the segment's stages one after the other
+in the same processes, each stage starting from the model the previous one exported. Starting a worker group
+(processes that import torch, transformers, diffusers and DeepSpeed, plus Ray Train's controller actors) costs
+tens of seconds; a stage of a short sweep trial often takes less. A stage placed differently starts a new
+segment.
 
 Layout of a run in the run storage (a local folder or ``s3://``, ``storage.path``)::
 
     <storage>/<experiment>/<run name>/
         run.json                 the config's digest and the MLflow run id (a re-launch of the same config
                                  resumes and logs to the same run; another config is refused)
-        <stage>/                 Ray Train's run folder for the stage (RunConfig(storage_path, name))
-            checkpoint_*/        DeepSpeed state of every rank, progress.json; the last also model/
+        <first stage>/           Ray Train's run folder for a segment, named after its first stage
+                                 (RunConfig(storage_path, name))
+            checkpoint_*/        DeepSpeed state of every rank, progress.json (its stage and step); a stage's
+                                 last also model/
         <stage>.complete.json    written when the stage finished: its final checkpoint, steps, device-hours
 
-Each stage gets the ``ScalingConfig`` of its resolved placement (workers, GPU or not, the accelerator-type
-resource that lands them on their class), a ``FailureConfig`` (a dead worker is replaced and the stage resumes
-from its latest checkpoint) and a ``CheckpointConfig`` keeping the newest ``storage.keep_checkpoints``.
-Stage N+1 starts from the model exported in stage N's final checkpoint. Re-launching a run with the same name
-skips the stages marked complete and resumes the interrupted one from its latest checkpoint (Ray Train V2
-restores a run's checkpoint history from its storage folder).
+Each segment gets the ``ScalingConfig`` of its resolved placement (workers, GPU or not, the accelerator-type
+resource that lands them on their class), a ``FailureConfig`` (a dead worker is replaced and the segment
+resumes from its latest checkpoint: the stages marked complete are skipped, the interrupted one resumes) and a
+``CheckpointConfig`` keeping the newest ``storage.keep_checkpoints``. Stage N+1 starts from the model exported
+in stage N's final checkpoint. Re-launching a run with the same name skips the stages marked complete and
+resumes the interrupted one from its latest checkpoint (Ray Train V2 restores a run's checkpoint history from
+its storage folder).
 
 This module is the only one in the training path that imports Ray (DESIGN.md §3).
 """
@@ -25,8 +35,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import storage
@@ -74,8 +86,21 @@ def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
     return storage.join(storage_root, names.path_part(experiment), names.path_part(run_name))
 
 
+DECISIONS_DIR = "decisions"
+"""In a trial's run folder: ``<global step>.json`` (``{"decision": "continue" | "stop"}``) for each validation
+the scheduler judged."""
+
+
+def decision_file(run_directory: str, global_step: int) -> str:
+    return storage.join(run_directory, DECISIONS_DIR, f"{int(global_step)}.json")
+
+
 def _complete_marker(directory: str, stage: str) -> str:
     return storage.join(directory, f"{stage}.complete.json")
+
+
+def _read_marker(directory: str, stage: str) -> StageOutcome:
+    return StageOutcome(**json.loads(storage.read_text(_complete_marker(directory, stage))))
 
 
 @dataclass
@@ -114,38 +139,166 @@ class TrainingResult:
 
 
 class _RayWorkerContext:
-    """:class:`vlsa_platform.train.loop.WorkerContext` on Ray Train."""
+    """:class:`vlsa_platform.train.loop.WorkerContext` on Ray Train, for one stage of a segment at a time: the
+    latest checkpoint it hands back is the latest of ``stage`` (a segment's checkpoint history holds earlier
+    stages' too), and it remembers the last metrics reported."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str, await_decisions: str | None = None) -> None:
         import ray.train
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
+        self.directory = directory
+        self.stage: str | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.await_decisions = await_decisions
+        self._latest: dict[str, Any] = {}
+
+    def persisted_checkpoint(self) -> str | None:
+        """The location (local folder or ``s3://``) of the latest checkpoint persisted in storage."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return _checkpoint_location(checkpoint, self.directory) if checkpoint is not None else None
+
+    def _stage_of(self, location: str) -> str | None:
+        return json.loads(storage.read_text(storage.join(location, PROGRESS_FILE))).get("stage")
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        location = self.persisted_checkpoint()
+        if location is None or self._stage_of(location) != self.stage:
             yield None
             return
+        checkpoint = ray.train.get_checkpoint()
         with checkpoint.as_directory() as folder:
             yield folder
 
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self.last_metrics = dict(metrics)
+        checkpoint = None
+        if checkpoint_dir:
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+            progress_file = Path(checkpoint_dir) / PROGRESS_FILE  # rank 0's, whose metrics Ray keeps
+            if progress_file.exists():
+                metrics = {**metrics, KEEP_SCORE: _keep_score(json.loads(progress_file.read_text()))}
         ray.train.report(metrics, checkpoint=checkpoint)
+        if self.await_decisions is not None and self.rank == 0:
+            self._await_decision(metrics)
+
+    def _await_decision(self, metrics: Mapping[str, Any]) -> None:
+        """After a validation that reaches the sweep's scheduler (the reports ``ValidationReportCallback``
+        forwards: with ``val/`` metrics and, merged with the latest training metrics, the sweep metric), wait
+        for its decision: go on, or wait here for Tune to end this trial. The other ranks wait for rank 0 in
+        the next collective. No decision within ``DECISION_TIMEOUT_S``: go on."""
+        validating = any(key.startswith("val/") for key in metrics)
+        self._latest.update({k: v for k, v in metrics.items() if not k.startswith("val/")})
+        if not validating or self.await_decisions not in {**self._latest, **metrics}:
+            return
+        path = decision_file(self.directory, int(metrics["global_step"]))
+        deadline = time.monotonic() + DECISION_TIMEOUT_S
+        while not storage.exists(path):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "no scheduler decision on step %s within %ss; going on",
+                    metrics["global_step"],
+                    DECISION_TIMEOUT_S,
+                )
+                return
+            time.sleep(DECISION_POLL_S)
+        decision = json.loads(storage.read_text(path)).get("decision")
+        if decision != "stop":
+            storage.delete(path)
+            return
+        log.info(
+            "the scheduler stopped this trial at step %s; waiting for Tune to end it", metrics["global_step"]
+        )
+        time.sleep(DECISION_TIMEOUT_S * 10)
+        raise RuntimeError("the scheduler stopped this trial, but Tune did not end its workers")
+
+
+DECISION_TIMEOUT_S = 120.0
+"""How long a trial's rank 0 waits for the scheduler's decision on a validation before going on."""
+DECISION_POLL_S = 0.2
+
+KEEP_SCORE = "vlsa_checkpoint_keep"
+"""Reported with every checkpoint; the ``CheckpointConfig`` of a segment keeps the highest: every stage's final
+checkpoint (the next stage starts from its export, its marker points at it), then the newest others."""
+_FINAL = 1e15
+
+
+def _keep_score(progress: Mapping[str, Any]) -> float:
+    if int(progress["step"]) >= int(progress["stage_steps"]):
+        return _FINAL + float(progress["stage_index"])
+    return float(progress["global_step"])
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
-    """``train_loop_per_worker`` of every stage."""
+    """``train_loop_per_worker`` of a segment: its stages in order, each from the previous one's export; the
+    stages already marked complete (an earlier attempt) are skipped. Rank 0 writes each stage's marker."""
+    import gc
+
+    import torch
+
     from ..train.loop import run_stage
 
-    run_stage(StageSpec.from_dict(loop_config["spec"]), _RayWorkerContext())
+    directory = loop_config["directory"]
+    ctx = _RayWorkerContext(directory, loop_config.get("await_decisions"))
+    before = loop_config.get("previous")
+    previous = StageOutcome(**before) if before else None
+    for data in loop_config["specs"]:
+        spec = StageSpec.from_dict(data)
+        marker = _complete_marker(directory, spec.stage)
+        if storage.exists(marker):
+            previous = StageOutcome(**json.loads(storage.read_text(marker)))
+            continue
+        if previous is not None:
+            spec.step_offset = previous.global_step
+            spec.init_from = previous.model
+            spec.gpu_hours_before = previous.gpu_hours
+        ctx.stage = spec.stage
+        progress = run_stage(spec, ctx)
+        location = ctx.persisted_checkpoint()
+        if location is None or ctx._stage_of(location) != spec.stage:
+            raise RuntimeError(f"stage {spec.stage} ended without a checkpoint")
+        previous = StageOutcome(
+            stage=spec.stage,
+            checkpoint=location,
+            global_step=int(progress["global_step"]),
+            stage_steps=int(progress["stage_steps"]),
+            gpu_hours=float(progress["gpu_hours"]),
+            metrics={k: float(v) for k, v in ctx.last_metrics.items() if isinstance(v, int | float)},
+        )
+        if ctx.rank == 0:
+            storage.write_text(marker, json.dumps(previous.__dict__, sort_keys=True))
+        # the stage's model and engine, before the next stage builds its own
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _segments(
+    stages: Sequence[dict[str, Any]], placements: Mapping[str, ResolvedPlacement]
+) -> list[list[int]]:
+    """Indices of the planned stages grouped into segments: runs of consecutive stages whose placements ask
+    Ray for the same workers (count, GPU, accelerator class)."""
+
+    def key(stage: dict[str, Any]) -> tuple[Any, ...]:
+        placement = placements[stage["name"]]
+        return (json.dumps(placement.scaling_config_kwargs(), sort_keys=True, default=str), placement.use_gpu)
+
+    segments: list[list[int]] = []
+    for index, stage in enumerate(stages):
+        if segments and key(stages[segments[-1][-1]]) == key(stage):
+            segments[-1].append(index)
+        else:
+            segments.append([index])
+    return segments
 
 
 # --------------------------------------------------------------------------------------------- the driver
@@ -163,29 +316,41 @@ def _scaling_config(placement: ResolvedPlacement, loader_workers: int) -> Any:
     return ScalingConfig(**placement.scaling_config_kwargs(), resources_per_worker=resources)
 
 
-def _fit_stage(
-    spec: StageSpec,
+def _fit_segment(
+    specs: Sequence[StageSpec],
+    previous: StageOutcome | None,
     placement: ResolvedPlacement,
     directory: str,
     config: ExperimentConfig,
     callbacks: Sequence[Any] = (),
+    await_decisions: str | None = None,
 ) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_config = RunConfig(
-        name=spec.stage,
+        name=specs[0].stage,
         storage_path=directory,
         storage_filesystem=storage.arrow_filesystem(directory),
         failure_config=FailureConfig(max_failures=config.storage.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=config.storage.keep_checkpoints),
+        checkpoint_config=CheckpointConfig(
+            # the newest keep_checkpoints, and the final one of each of the segment's stages
+            num_to_keep=config.storage.keep_checkpoints + len(specs),
+            checkpoint_score_attribute=KEEP_SCORE,
+            checkpoint_score_order="max",
+        ),
         callbacks=list(callbacks) or None,
     )
     if storage.is_s3(directory):  # pyarrow takes the bucket/prefix without the scheme
         run_config.storage_path = directory[len("s3://") :]
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": spec.to_dict()},
+        train_loop_config={
+            "specs": [spec.to_dict() for spec in specs],
+            "previous": dict(previous.__dict__) if previous is not None else None,
+            "directory": directory,
+            "await_decisions": await_decisions,
+        },
         scaling_config=_scaling_config(placement, config.data.loader_workers),
         run_config=run_config,
         torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
@@ -214,6 +379,7 @@ def _attach_tracking(
     tracker = None
     if store is not None and recorded.get("run_id"):
         tracker = Tracker.for_run(recorded["run_id"], store=store)
+        tracker.reopen()  # an earlier launch ended it (interrupted, failed); this one continues it
     elif store is not None:
         all_tags = {
             **names.run_tags(scale=config.model.preset, variant=run.variant, git_commit=git_commit()),
@@ -243,6 +409,7 @@ def run_training(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     callbacks: Sequence[Any] = (),
+    await_decisions: str | None = None,
 ) -> TrainingResult:
     """Train ``run`` through all its stages (resuming a run of the same name found in ``storage_root``).
 
@@ -254,6 +421,8 @@ def run_training(
         run_name: name of the run folder and MLflow run (default: ``run.name``).
         tags: extra MLflow tags (``vlsa.trial_id``...).
         callbacks: Ray Train callbacks for every stage (e.g. Tune's ``TuneReportCallback``).
+        await_decisions: in a Tune trial whose scheduler posts its decisions (``reporting.DecisionBoard``),
+            the sweep metric: after each validation Tune sees, rank 0 waits for the decision on it.
     """
     import ray
 
@@ -271,46 +440,40 @@ def run_training(
     previous: StageOutcome | None = None
     status = "FAILED"
     try:
-        for index, planned in enumerate(plan["stages"]):
-            stage = planned["name"]
-            marker = _complete_marker(directory, stage)
-            if storage.exists(marker):
-                previous = StageOutcome(**json.loads(storage.read_text(marker)))
-                outcomes.append(previous)
-                log.info("stage %s of %s is complete; skipping it", stage, name)
+        stages = plan["stages"]
+        for segment in _segments(stages, placements):
+            names_in = [stages[i]["name"] for i in segment]
+            if all(storage.exists(_complete_marker(directory, stage)) for stage in names_in):
+                for stage in names_in:
+                    log.info("stage %s of %s is complete; skipping it", stage, name)
+                    previous = _read_marker(directory, stage)
+                    outcomes.append(previous)
                 continue
-            spec = StageSpec(
-                config=resolved,
-                stage=stage,
-                stage_index=index,
-                placement=planned["placement"],
-                steps=planned["steps"],
-                step_offset=previous.global_step if previous else 0,
-                init_from=previous.model if previous else None,
-                run_id=tracker.run_id if tracker else None,
-                tracking_uri=store.uri if store else None,
-                gpu_hours_before=previous.gpu_hours if previous else 0.0,
-                target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
+            specs = [
+                StageSpec(
+                    config=resolved,
+                    stage=stages[i]["name"],
+                    stage_index=i,
+                    placement=stages[i]["placement"],
+                    steps=stages[i]["steps"],
+                    run_id=tracker.run_id if tracker else None,
+                    tracking_uri=store.uri if store else None,
+                    target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
+                )
+                for i in segment
+            ]
+            result = _fit_segment(
+                specs, previous, placements[names_in[0]], directory, config, callbacks, await_decisions
             )
-            result = _fit_stage(spec, placements[stage], directory, config, callbacks)
             if result.error is not None:
-                raise RuntimeError(f"stage {stage} of run {name} failed: {result.error}") from result.error
-            if result.checkpoint is None:
-                raise RuntimeError(f"stage {stage} of run {name} ended without a checkpoint")
-            location = _checkpoint_location(result.checkpoint, directory)
-            progress = json.loads(storage.read_text(storage.join(location, PROGRESS_FILE)))
-            previous = StageOutcome(
-                stage=stage,
-                checkpoint=location,
-                global_step=int(progress["global_step"]),
-                stage_steps=int(progress["stage_steps"]),
-                gpu_hours=float(progress["gpu_hours"]),
-                metrics={
-                    k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
-                },
-            )
-            storage.write_text(marker, json.dumps(previous.__dict__, sort_keys=True))
-            outcomes.append(previous)
+                raise RuntimeError(
+                    f"stage(s) {', '.join(names_in)} of run {name} failed: {result.error}"
+                ) from result.error
+            for stage in names_in:
+                if not storage.exists(_complete_marker(directory, stage)):
+                    raise RuntimeError(f"stage {stage} of run {name} ended without completing")
+                previous = _read_marker(directory, stage)
+                outcomes.append(previous)
         status = "FINISHED"
     finally:
         if tracker is not None:

@@ -202,7 +202,7 @@ def _as_image(image: Any) -> Image.Image:
 
 @dataclass
 class _Op:
-    kind: str  # "params" | "tags" | "file" | "bytes" | "image" | "terminate"
+    kind: str  # "params" | "tags" | "file" | "bytes" | "image" | "terminate" | "reopen"
     payload: Any
     artifact_path: str | None = None
 
@@ -373,6 +373,11 @@ class Tracker:
         """The resolved config as ``config/resolved.yaml`` and as flattened params."""
         self.log_dict(dict(resolved), names.ARTIFACT_RESOLVED_CONFIG)
         self.log_params(resolved)
+
+    def reopen(self) -> None:
+        """Mark an ended run ``RUNNING`` again (a resumed run or submission): queued before anything later,
+        so that :meth:`close` then ends it as this launch ended."""
+        self._put(_Op("reopen", None))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Queue tags (values as strings)."""
@@ -607,13 +612,24 @@ class Tracker:
                 for i in range(0, len(tags), _MAX_PARAMS_PER_BATCH)
             )
         elif op.kind == "terminate":
-            ok = self._call(
-                lambda: self._client.set_terminated(self.run_id, status=op.payload), "set_terminated"
-            )
+            ok = self._call(lambda: self._terminate(op.payload), "set_terminated")
+        elif op.kind == "reopen":
+            ok = self._call(lambda: self._client.update_run(self.run_id, status="RUNNING"), "reopen")
         else:
             ok = self._send_artifact(op)
         with self._cond:
             self._counts["sent" if ok else "dropped"] += 1
+
+    def _terminate(self, status: str) -> None:
+        """End the run, unless something else ended it first: a sweep's driver marks the run of a trial ASHA
+        stopped ``KILLED`` while the trial's process may still be on its way out (and would end it ``FAILED``)."""
+        current = self._client.get_run(self.run_id).info.status
+        if current != "RUNNING":
+            log.info(
+                "tracking: run %s was already ended (%s); not marking it %s", self.run_id, current, status
+            )
+            return
+        self._client.set_terminated(self.run_id, status=status)
 
     def _send_params(self, params: dict[str, str]) -> bool:
         from mlflow.entities import Param

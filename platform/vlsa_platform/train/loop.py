@@ -366,6 +366,7 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
         return progress()
     finally:
         tracker.close(timeout=30)
+        strategy.release()
 
 
 def _keep_recon(captured: list[tuple[torch.Tensor, ...]], samples: int, out: Any) -> None:

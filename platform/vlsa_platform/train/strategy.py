@@ -15,6 +15,7 @@ like the rest, but never updates them).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from torch import nn
 
 from ..config.schema import LearningRates
 from ..model.parts import part_of
+
+log = logging.getLogger(__name__)
 
 #: An ``optimizer -> LR scheduler`` factory (e.g. ``functools.partial(build_lr_scheduler, kind=..., ...)``).
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -67,6 +70,20 @@ def param_groups(model: nn.Module, lrs: LearningRates, weight_decay: float) -> l
             "no trainable parameters: call set_trainable(model, parts) before building the optimizer"
         )
     return groups
+
+
+def skip_inference_comm_op() -> None:
+    """On DeepSpeed's CPU accelerator, keep its communication backend from JIT-compiling the shared-memory
+    all-reduce op (a minute or more of C++ on every fresh machine, before the first step): only
+    DeepSpeed-Inference's ``inference_all_reduce`` uses it, training reduces through ``torch.distributed``
+    either way. DeepSpeed builds the op only when ``deepspeed.ops.__compatible_ops__`` marks it compatible."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def rng_state() -> dict[str, Any]:
@@ -221,6 +238,7 @@ class DeepSpeedStrategy:
             model = model.to(torch.bfloat16)
         optimizer = self._optimizer(groups)
         scheduler = lr_scheduler(optimizer) if lr_scheduler is not None else None
+        skip_inference_comm_op()
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo")
         self.engine, *_ = deepspeed.initialize(
@@ -230,6 +248,16 @@ class DeepSpeedStrategy:
             # One rank: ZeRO-0's gradient all-reduce would copy every gradient into buckets and back for nothing.
             self.engine.enable_backward_allreduce = False
         return self.engine
+
+    def release(self) -> None:
+        """Free the engine (its hooks, optimizer state and buffers), so that the next stage run in the same
+        process starts from the memory the previous one held."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            try:
+                engine.destroy()
+            except Exception as err:  # called on the way out of a failing stage too: never hide its error
+                log.warning("could not release the DeepSpeed engine: %s", err)
 
     def _need_engine(self) -> Any:
         if self.engine is None:
