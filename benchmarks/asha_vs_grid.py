@@ -3,15 +3,15 @@
 Both sweeps are real submissions (``run_submission`` on an embedded local Ray, the tiny scale, a local MLflow
 store in a temporary folder): the loss-ratio sweep of ``experiments/loss_ratio_sweep.yaml`` over a finer grid
 of ``--values`` log-spaced reconstruction weights, once with ASHA (``--grace``, ``--reduction``) and once with
-FIFO (every trial to the end). Stages run ``--steps`` optimizer steps each with a validation every
-``--every`` steps, so ASHA's rungs fall inside stages and at their ends.
+FIFO (every trial to the end). Stages run ``--steps`` optimizer steps (one number, or one per stage) with a
+validation every ``--every`` steps, so ASHA's rungs fall inside stages and at their ends.
 
 Measured from MLflow afterwards: the optimizer steps each trial ran (the last global step it logged), their
 sum, and the best objective (``--metric``, minimised) a trial reached at the end of the last stage (a trial
 stopped early has no final value). Goal: the ASHA sweep's best within 2% of the grid's best for at most 40% of
 its steps.
 
-    .venv/bin/python benchmarks/asha_vs_grid.py [--values 8] [--steps 4] [--every 2] [--grace 1] [--reduction 3]
+    .venv/bin/python benchmarks/asha_vs_grid.py [--values 8] [--steps 4 | 2,8,8] [--every 2] [--grace 1] [--reduction 3]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
     from vlsa_platform.tracking import names
 
     sets = [
-        *(f"stages.{s}.steps={args.steps}" for s in STAGES),
+        *(f"stages.{s}.steps={n}" for s, n in zip(STAGES, args.stage_steps, strict=True)),
         f"data.validation.every_steps={args.every}",
         f"sweep.search_space={json.dumps({'loss.rec_weight': {'grid': values}})}",
         f"sweep.scheduler.kind={scheduler}",
@@ -44,6 +44,7 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
         f"sweep.scheduler.reduction_factor={args.reduction}",
         f"sweep.max_concurrent_trials={args.concurrent}",
         "tracking.recon_every=null",
+        "tracking.log_every=1",  # every step's losses: a trial's last logged step is the last it trained
         f"sweep.metric={args.metric}",
         *(f"stages.{s}.lr.default={args.lr}" for s in STAGES if args.lr),
     ]
@@ -67,12 +68,12 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`{names.TAG_PARENT_RUN}` = '{result.parent_run_id}'"
     )
-    total_steps = args.steps * len(STAGES)
+    total_steps = sum(args.stage_steps)
     trials = []
     for child in children:
         history = client.get_metric_history(child.info.run_id, names.LOSS_TOTAL)
-        steps = max((m.step for m in history), default=0)
         val = client.get_metric_history(child.info.run_id, args.metric)
+        steps = max((m.step for m in [*history, *val]), default=0)
         final = [m.value for m in val if m.step == total_steps]
         trials.append(
             {
@@ -95,7 +96,11 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--values", type=int, default=8, help="grid size (log-spaced from 0.03 to 10)")
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per stage")
+    parser.add_argument(
+        "--steps",
+        default="4",
+        help="optimizer steps per stage: one number for every stage, or one per stage (e.g. 2,8,8)",
+    )
     parser.add_argument("--every", type=int, default=2, help="validation every this many steps")
     parser.add_argument("--grace", type=int, default=1, help="ASHA grace period (validations)")
     parser.add_argument("--reduction", type=float, default=3.0, help="ASHA reduction factor")
@@ -114,6 +119,10 @@ def main() -> None:
         "tie on it and ASHA keeps them all — val/loss_rec separates them",
     )
     args = parser.parse_args()
+    steps = [int(n) for n in str(args.steps).split(",")]
+    args.stage_steps = steps * len(STAGES) if len(steps) == 1 else steps
+    if len(args.stage_steps) != len(STAGES):
+        parser.error(f"--steps: one number, or one per stage ({len(STAGES)})")
     lo, hi = math.log10(0.03), math.log10(10.0)
     values = [round(10 ** (lo + (hi - lo) * i / (args.values - 1)), 4) for i in range(args.values)]
 
@@ -128,7 +137,7 @@ def main() -> None:
         "metric": args.metric,
         "values": values,
         "lr": args.lr,
-        "steps_per_stage": args.steps,
+        "steps_per_stage": args.stage_steps,
         "validate_every": args.every,
         "asha": {"grace_period": args.grace, "reduction_factor": args.reduction},
         "grid_steps": grid["steps"],

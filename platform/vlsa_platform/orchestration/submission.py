@@ -47,9 +47,11 @@ PARENT_FILE = "vlsa_parent_run.json"
 """In Tune's experiment folder: the submission's MLflow parent run (what a resumed cluster job attaches to)."""
 RUNS_DIR = "runs"
 DEFAULT_STORAGE_DIR = "storage"
-TRIAL_DRIVER_CPU = 0.05
-"""CPU reserved for each trial's driver (the function that starts its stages' TorchTrainers; the trainers'
-workers reserve their own), small so that trials fit beside their workers on a 2-core machine."""
+TRIAL_DRIVER_RESOURCES = {"memory": float(256 * 2**20)}
+"""What each trial's driver reserves (the function that starts its stages' TorchTrainers and waits on them; the
+trainers' workers reserve their own CPUs and GPUs): memory, not CPU. Even a fraction of a CPU per driver would
+leave a whole-CPU worker of the last trial that fits without its CPU (two trials on a 2-CPU machine: 2.1 CPUs),
+so trials the cluster fits would run one after the other."""
 TAG_KIND = "vlsa.kind"
 TAG_SUBMISSION = "vlsa.submission"
 WORKER_ENV = {
@@ -355,7 +357,7 @@ def run_submission(
                 parent_run_id=parent.run_id,
                 model_numbers=model_numbers(config),
             ),
-            {"CPU": TRIAL_DRIVER_CPU},
+            TRIAL_DRIVER_RESOURCES,
         )
         fs = storage.arrow_filesystem(sub.tune_root)
         status = "FAILED"

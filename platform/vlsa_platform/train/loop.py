@@ -357,6 +357,9 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
                 val = evaluate(strategy, validation, config.seed, generation, psnr_images)
                 tracker.log_metrics(val, global_step)
                 report.update(val)
+                report[names.STAGE] = float(
+                    spec.stage_index
+                )  # a validation between logging steps names its stage too
                 window.started = time.perf_counter()
             if (every_ckpt and step % every_ckpt == 0) or last:
                 _checkpoint(strategy, ctx, report, progress(), model_export=last, spec=spec)
