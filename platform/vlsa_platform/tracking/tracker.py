@@ -734,6 +734,9 @@ class NullTracker:
     def log_config(self, resolved: Mapping[str, Any]) -> None:
         pass
 
+    def reopen(self) -> None:
+        pass
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
