@@ -13,6 +13,7 @@ from vlsa_platform.orchestration.training import (
     RUN_FILE,
     RunConflictError,
     _attach_tracking,
+    _keep_score,
     _segments,
     claim_run_dir,
     config_digest,
@@ -52,3 +53,17 @@ def test_consecutive_stages_placed_alike_share_a_worker_group(sets, expected):
     config = load_experiment(ROOT / "experiments" / "vlsa_paper.yaml", scale="tiny", overrides=list(sets))
     run = expand_runs(config)[0]
     assert _segments(plan_run(run)["stages"], stage_placements(run)) == expected
+
+
+def test_every_stages_final_checkpoint_outranks_the_rest():
+    """A segment's checkpoint history keeps the highest scores: each stage's final checkpoint (the next stage
+    starts from its export), then the newest others."""
+
+    def score(stage_index: int, step: int, stage_steps: int, offset: int) -> float:
+        progress = {"stage_index": stage_index, "step": step, "stage_steps": stage_steps}
+        return _keep_score({**progress, "global_step": offset + step})
+
+    finals = [score(0, 4, 4, 0), score(1, 400, 400, 4)]
+    others = [score(1, 2, 400, 4), score(2, 10**9, 2 * 10**9, 404)]
+    assert min(finals) > max(others)
+    assert others[1] > others[0]  # among the others, the newest first
