@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from .ports import free_ports
+
 _HOST = "127.0.0.1"
 _STARTUP_TIMEOUT_S = 60.0
 
@@ -84,17 +86,6 @@ def _weed_binary() -> str | None:
     return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (held open together, so no duplicates)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((_HOST, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
 def _free_port_pair(offset: int = 10000) -> int:
     """A port ``p`` with ``p`` and ``p + offset`` both free (``weed mini``'s admin worker dials http+10000)."""
     for _ in range(200):
@@ -150,7 +141,7 @@ def _start_weed(weed: str, workdir: Path, bucket: str) -> tuple[subprocess.Popen
         )
     )
     s3_config.chmod(0o600)
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
     admin = _free_port_pair()
     cmd = [
         weed,

@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from ..ports import HOST, free_ports
+
 STARTUP_TIMEOUT_S = 120.0
 """Bound on the head coming up (the Jobs API answering); a loaded 2-core machine takes 10-30 s."""
 
@@ -61,16 +61,6 @@ class RayHead:
         """The session's log folder (``job-driver-<id>.log``, ``dashboard.log``…), once it exists."""
         found = sorted(self.temp_dir.glob("session_*/logs"))
         return found[-1] if found else None
-
-
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((HOST, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -144,7 +134,7 @@ def _start(
         metrics,
         node_manager,
         object_manager,
-    ) = _free_ports(9)
+    ) = free_ports(9)
     cmd = [
         str(ray_bin),
         "start",

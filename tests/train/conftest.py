@@ -11,28 +11,17 @@ import torch
 
 from vlsa_platform.tracking.store import free_port
 
-_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+from .distributed import ENV, join_gloo
 
 
 @pytest.fixture(scope="package")
 def dist():
     """The gloo group (world size 1); yields the ``deepspeed`` module."""
-    saved = {k: os.environ.get(k) for k in _DIST_ENV}
-    os.environ.update(
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        DS_ACCELERATOR="cpu",
-    )
-    import deepspeed
-
-    if not torch.distributed.is_initialized():
-        from vlsa_platform.train.strategy import skip_inference_comm_op
-
-        skip_inference_comm_op()
-        deepspeed.init_distributed(dist_backend="gloo")
+    saved = {k: os.environ.get(k) for k in ENV}
+    if torch.distributed.is_initialized():
+        import deepspeed
+    else:
+        deepspeed = join_gloo(0, 1, free_port())
     yield deepspeed
     torch.distributed.destroy_process_group()
     for key, value in saved.items():

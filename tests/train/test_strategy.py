@@ -1,8 +1,7 @@
 """The DeepSpeed strategy and the training step on DeepSpeed's CPU accelerator (gloo), tiny model.
 
 One process group for the package (``tests/train/conftest.py``; world size 1: ZeRO partitions over one
-rank), engines reused across tests; a two-process ZeRO-2/3 run (spawned, gloo) is marked slow. DeepSpeed JIT-compiles its small shared-memory comm
-op on first use (cached under ``~/.cache/torch_extensions``), which can take minutes on a fresh machine.
+rank), engines reused across tests; a two-process ZeRO-2/3 run (spawned, gloo) is marked slow.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from vlsa_platform.train.step import train_step
 from vlsa_platform.train.strategy import DeepSpeedStrategy, param_groups
 
 from ..model.builders import make_batch, random_images, tiny_model
+from .distributed import join_gloo
 
 STAGE1 = ["sa_perceiver", "projector", "epigone"]
 LRS = LearningRates(default=1e-2, projector=2e-2)
@@ -254,22 +254,9 @@ def _text_only(batch):
 
 
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        DS_ACCELERATOR="cpu",
-    )
     import json
 
-    import deepspeed
-
-    from vlsa_platform.train.strategy import skip_inference_comm_op
-
-    skip_inference_comm_op()
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed = join_gloo(rank, 2, port)
     results = {}
     for zero_stage in (2, 3):
         model = tiny_model(seed=0)

@@ -23,6 +23,7 @@ from vlsa_platform.train.loop import evaluate
 from vlsa_platform.train.strategy import DeepSpeedStrategy, param_groups
 
 from ..eval.helpers import cognition_everywhere, tiny_experiment
+from .distributed import join_gloo
 
 VAL_KEYS = {
     names.VAL_LOSS_LLM,
@@ -117,22 +118,10 @@ def test_without_generation_settings_only_the_losses_and_psnr(evaluated):
 
 
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
-    import datetime
+    import copy
     import functools
     import json
     import os
-
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        DS_ACCELERATOR="cpu",
-    )
-    import copy
-
-    import deepspeed
 
     from vlsa_platform.data.dataset import VLSADataset, collate
     from vlsa_platform.data.records import dataset_location, read_records
@@ -141,11 +130,7 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     from vlsa_platform.train import loop
 
     torch.set_num_threads(1)
-    # A hung collective fails after two minutes instead of hanging the test.
-    from vlsa_platform.train.strategy import skip_inference_comm_op
-
-    skip_inference_comm_op()
-    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=120))
+    join_gloo(rank, 2, port, timeout_s=120)  # a hung collective fails after two minutes, not never
     config = tiny_experiment("model.vision=anyres", "model.recon=false")  # anyres: image_newline is gathered
     stage = config.stages["stage3"]
     model = build_model(config)

@@ -30,7 +30,7 @@ from ..config.schema import ExperimentConfig
 from ..tracking import names
 from .records import RECORDS_DIR, TRIALS_FILE
 from .sweep import describe_values, trial_run
-from .training import decision_file, run_dir
+from .training import decision_file, run_dir, tune_report
 
 if TYPE_CHECKING:
     from .submission import SubmissionSpec, TrialOutcome
@@ -52,12 +52,9 @@ class ValidationReportCallback(TuneReportCallback):
         self._latest: dict[str, Any] = {}
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        current = metrics[0]
-        self._latest.update({k: v for k, v in current.items() if not k.startswith("val/")})
-        if any(k.startswith("val/") for k in current):
-            merged = {**self._latest, **current}
-            if self._metric in merged:
-                super().after_report(run_context, [merged], checkpoint)
+        merged = tune_report(self._latest, metrics[0], self._metric)
+        if merged is not None:
+            super().after_report(run_context, [merged], checkpoint)
 
 
 class DecisionBoard:

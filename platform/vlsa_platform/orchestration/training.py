@@ -196,9 +196,7 @@ class _RayWorkerContext:
         forwards: with ``val/`` metrics and, merged with the latest training metrics, the sweep metric), wait
         for its decision: go on, or wait here for Tune to end this trial. The other ranks wait for rank 0 in
         the next collective. No decision within ``DECISION_TIMEOUT_S``: go on."""
-        validating = any(key.startswith("val/") for key in metrics)
-        self._latest.update({k: v for k, v in metrics.items() if not k.startswith("val/")})
-        if not validating or self.await_decisions not in {**self._latest, **metrics}:
+        if tune_report(self._latest, metrics, self.await_decisions) is None:
             return
         path = decision_file(self.directory, int(metrics["global_step"]))
         deadline = time.monotonic() + DECISION_TIMEOUT_S
@@ -220,6 +218,18 @@ class _RayWorkerContext:
         )
         time.sleep(DECISION_TIMEOUT_S * 10)
         raise RuntimeError("the scheduler stopped this trial, but Tune did not end its workers")
+
+
+def tune_report(latest: dict[str, Any], metrics: Mapping[str, Any], metric: str) -> dict[str, Any] | None:
+    """What a trial tells Tune of a stage's report: at validation points only (reports with ``val/`` metrics),
+    merged with the latest training metrics (kept in ``latest``, updated here), and only when that carries the
+    sweep ``metric``; ``None`` for the other reports. The rule of ``reporting.ValidationReportCallback``, and of
+    the workers that wait for the scheduler's decision on what Tune saw."""
+    latest.update({k: v for k, v in metrics.items() if not k.startswith("val/")})
+    if not any(k.startswith("val/") for k in metrics):
+        return None
+    merged = {**latest, **metrics}
+    return merged if metric in merged else None
 
 
 DECISION_TIMEOUT_S = 120.0
