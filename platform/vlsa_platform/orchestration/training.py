@@ -253,6 +253,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     stages already marked complete (an earlier attempt) are skipped. Rank 0 writes each stage's marker."""
     import gc
 
+    import ray.train.collective
     import torch
 
     from ..train.loop import run_stage
@@ -273,6 +274,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             spec.gpu_hours_before = previous.gpu_hours
         ctx.stage = spec.stage
         progress = run_stage(spec, ctx)
+        # Each rank's report returns once its own files of the final checkpoint are uploaded, not rank 0's:
+        # wait for every rank before reading rank 0's progress file here and its export in the next stage.
+        ray.train.collective.barrier()
         location = ctx.persisted_checkpoint()
         if location is None or ctx._stage_of(location) != spec.stage:
             raise RuntimeError(f"stage {spec.stage} ended without a checkpoint")
