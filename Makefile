@@ -9,11 +9,13 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # torch is pinned to 2.13.0 and installed first: on a CPU machine pip takes the local CPU wheel, and nothing
-# later can pull a newer (CUDA) build.
+# later can pull a newer (CUDA) build. pip byte-compiles on one core; compileall does the same on all of them
+# (the .pyc must exist up front: with PYTHONDONTWRITEBYTECODE set, every Ray worker would recompile on import).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null
 	touch $(STAMP)
 
 # The test suite without the end-to-end Ray runs (the everyday loop).
