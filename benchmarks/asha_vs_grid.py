@@ -11,7 +11,8 @@ sum, and the best objective (``--metric``, minimised) a trial reached at the end
 stopped early has no final value). Goal: the ASHA sweep's best within 2% of the grid's best for at most 40% of
 its steps.
 
-    .venv/bin/python benchmarks/asha_vs_grid.py [--values 8] [--steps 4 | 2,8,8] [--every 2] [--grace 1] [--reduction 3]
+    .venv/bin/python benchmarks/asha_vs_grid.py [--values 9] [--steps 2,12,12] [--every 2] [--grace 1]
+        [--reduction 3] [--lr 1e-3] [--descending] [--grid-from an-earlier-run.log]
 """
 
 from __future__ import annotations
@@ -95,10 +96,16 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--values", type=int, default=8, help="grid size (log-spaced from 0.03 to 10)")
+    parser.add_argument("--values", type=int, default=9, help="grid size (log-spaced from 0.03 to 10)")
+    parser.add_argument(
+        "--descending",
+        action="store_true",
+        help="run the grid from the largest weight down (Tune runs a grid in its order; asynchronous ASHA lets "
+        "the first trial to reach a rung through, so the order matters)",
+    )
     parser.add_argument(
         "--steps",
-        default="4",
+        default="2,12,12",
         help="optimizer steps per stage: one number for every stage, or one per stage (e.g. 2,8,8)",
     )
     parser.add_argument("--every", type=int, default=2, help="validation every this many steps")
@@ -108,9 +115,16 @@ def main() -> None:
     parser.add_argument(
         "--lr",
         type=float,
-        default=None,
+        default=1e-3,
         help="every stage's default learning rate (the paper's 2e-5 of stages 2-3 barely moves the tiny model "
         "in a few steps, so trials would tie)",
+    )
+    parser.add_argument(
+        "--grid-from",
+        type=Path,
+        default=None,
+        help="the JSON line an earlier run printed: take its grid sweep instead of running it again (the same "
+        "values, steps, validation interval, learning rate and metric; the grid does not depend on the scheduler)",
     )
     parser.add_argument(
         "--metric",
@@ -125,20 +139,45 @@ def main() -> None:
         parser.error(f"--steps: one number, or one per stage ({len(STAGES)})")
     lo, hi = math.log10(0.03), math.log10(10.0)
     values = [round(10 ** (lo + (hi - lo) * i / (args.values - 1)), 4) for i in range(args.values)]
+    if args.descending:
+        values.reverse()
 
     from vlsa_platform.orchestration.local import local_ray
 
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="vlsa-asha-") as tmp, local_ray():
-        for scheduler in ("asha", "fifo"):
-            out[scheduler] = sweep_once(Path(tmp) / scheduler, scheduler, args, values)
-    asha, grid = out["asha"], out["fifo"]
-    summary = {
+    same = {
         "metric": args.metric,
         "values": values,
         "lr": args.lr,
         "steps_per_stage": args.stage_steps,
         "validate_every": args.every,
+    }
+    out = {}
+    if args.grid_from is not None:
+        lines = [line for line in args.grid_from.read_text().splitlines() if line.startswith('{"metric"')]
+        if not lines:
+            parser.error(f"--grid-from {args.grid_from}: no summary line of this benchmark in it")
+        earlier = json.loads(lines[-1])
+
+        def settings(summary: dict) -> dict:  # the grid's trials do not depend on its order
+            return {k: sorted(summary.get(k) or []) if k == "values" else summary.get(k) for k in same}
+
+        differ = sorted(k for k, v in settings(same).items() if settings(earlier)[k] != v)
+        if differ:
+            parser.error(f"--grid-from {args.grid_from}: its grid ran with other {', '.join(differ)}")
+        out["fifo"] = {
+            "scheduler": "fifo",
+            "wall_s": earlier["wall_s"]["grid"],
+            "steps": earlier["grid_steps"],
+            "best": earlier["grid_best"],
+            "trials": earlier["trials"]["grid"],
+        }
+    with tempfile.TemporaryDirectory(prefix="vlsa-asha-") as tmp, local_ray():
+        for scheduler in ("asha", "fifo"):
+            if scheduler not in out:
+                out[scheduler] = sweep_once(Path(tmp) / scheduler, scheduler, args, values)
+    asha, grid = out["asha"], out["fifo"]
+    summary = {
+        **same,
         "asha": {"grace_period": args.grace, "reduction_factor": args.reduction},
         "grid_steps": grid["steps"],
         "asha_steps": asha["steps"],
