@@ -11,7 +11,7 @@ sum, and the best objective (``--metric``, minimised) a trial reached at the end
 stopped early has no final value). Goal: the ASHA sweep's best within 2% of the grid's best for at most 40% of
 its steps.
 
-    .venv/bin/python benchmarks/asha_vs_grid.py [--values 9] [--steps 2,12,12] [--every 2] [--grace 1]
+    .venv/bin/python benchmarks/asha_vs_grid.py [--values 9] [--steps 2,12,12] [--every 2] [--grace 3]
         [--reduction 3] [--lr 1e-3] [--descending] [--grid-from an-earlier-run.log]
 """
 
@@ -109,7 +109,13 @@ def main() -> None:
         help="optimizer steps per stage: one number for every stage, or one per stage (e.g. 2,8,8)",
     )
     parser.add_argument("--every", type=int, default=2, help="validation every this many steps")
-    parser.add_argument("--grace", type=int, default=1, help="ASHA grace period (validations)")
+    parser.add_argument(
+        "--grace",
+        type=int,
+        default=3,
+        help="ASHA grace period (validations); 3 puts the first rung 4 steps into stage 2 (with the default "
+        "steps and interval), after stage 1, where the tiny model's trials tie up to rounding",
+    )
     parser.add_argument("--reduction", type=float, default=3.0, help="ASHA reduction factor")
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once")
     parser.add_argument(
