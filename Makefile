@@ -2,21 +2,32 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-e2e demo lint format plan clean
+# Python writes each module's bytecode (.pyc) the first time it is imported, unless PYTHONDONTWRITEBYTECODE is
+# set, as it is on some machines (this one included): then every process (each Ray worker) compiles again
+# everything it imports. Python's default is restored here, and pip does not compile at install time: only the
+# modules a run imports are compiled, once (about a quarter of the installed ones for a sweep).
+unexport PYTHONDONTWRITEBYTECODE
+
+.PHONY: install install-runtime test test-e2e demo lint format plan clean
 
 install: $(STAMP)
 
+install-runtime: $(RUNTIME_STAMP)
+
 # torch is pinned to 2.13.0 and installed first: on a CPU machine pip takes the local CPU wheel, and nothing
-# later can pull a newer (CUDA) build. pip byte-compiles on one core; compileall does the same on all of them
-# (the .pyc must exist up front: with PYTHONDONTWRITEBYTECODE set, every Ray worker would recompile on import).
-# Like pip's, a module that does not compile (torch's Python 3.12-only test helper) is left as it is.
-$(STAMP): pyproject.toml
+# later can pull a newer (CUDA) build. The runtime alone is what `make demo` needs; the dev extras (pytest,
+# ruff, an S3 server for the tests) come on top of it.
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --no-compile -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
-	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
 	touch $(STAMP)
 
 # The test suite without the end-to-end Ray runs (the everyday loop).
@@ -30,7 +41,7 @@ test-e2e: install
 
 # The README's main command: a loss-ratio sweep (4 trials x 3 stages, ASHA) on an embedded local Ray, tracked
 # in a local MLflow store under .vlsa/, then its report.
-demo: install
+demo: install-runtime
 	$(VENV)/bin/vlsa-platform submit experiments/loss_ratio_sweep.yaml --scale tiny
 	$(VENV)/bin/vlsa-platform report vlsa-loss-ratio
 	@echo

@@ -125,7 +125,7 @@ def _run_local(record: Any, *, resume: bool) -> int:
     from .orchestration.local import local_ray
     from .orchestration.records import FAILED, FINISHED, STOPPED
     from .orchestration.submission import ClusterResourceError, run_submission
-    from .tracking.store import resolve_store
+    from .tracking.store import resolve_store, server_for
 
     spec = record.spec
     config = spec.experiment_config()
@@ -145,9 +145,17 @@ def _run_local(record: Any, *, resume: bool) -> int:
             record.save()
             say(f"  parent run {run_id}")
 
+        # The local store's MLflow server starts while Ray does (each takes seconds).
+        server = server_for(resolve_store(spec.tracking_uri, spec.workdir))
         try:
-            with _sigterm_as_interrupt(), local_ray():
-                result = run_submission(spec, resume=resume, say=say, on_parent=on_parent)
+            with _sigterm_as_interrupt(), contextlib.ExitStack() as stack:
+                if server is not None:
+                    stack.callback(server.stop)
+                    server.launch()
+                stack.enter_context(local_ray())
+                result = run_submission(
+                    spec, resume=resume, say=say, on_parent=on_parent, tracking_server=server
+                )
         except ClusterResourceError as err:
             record.state, record.ended_at, record.pid = FAILED, time.time(), None
             record.save()

@@ -1,9 +1,11 @@
 """Tracking against a real MLflow tracking server (``mlflow server`` on 127.0.0.1, SQLite in a temp folder).
 
-One server for the module (startup takes seconds). The last test kills it, so it stays last in the file.
+One server for the module (startup takes seconds), launched and then waited for as ``submit`` does. The last
+test kills it, so it stays last in the file.
 """
 
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from vlsa_platform.tracking import (
     git_commit,
     local_store,
     names,
+    server_for,
+    shared_store,
 )
 
 from .test_names import REPO
@@ -44,13 +48,28 @@ def early_run(workdir):
 
 @pytest.fixture(scope="module")
 def server(workdir, early_run):
-    with LocalTrackingServer(workdir, startup_timeout_s=120.0) as running:
-        yield running
+    """Launched without waiting (``submit`` launches it before Ray); ``shared_store`` waits for it."""
+    launched = server_for(local_store(workdir), startup_timeout_s=120.0).launch()
+    assert isinstance(launched, LocalTrackingServer) and launched.running()
+    try:
+        yield launched
+    finally:
+        launched.stop()
 
 
 @pytest.fixture(scope="module")
-def store(server):
-    return TrackingStore(uri=server.url)
+def store(server, workdir):
+    with shared_store(local_store(workdir), server) as served:
+        return TrackingStore(uri=served.uri)
+
+
+def test_a_launched_server_is_waited_for_and_left_to_its_owner(server, store, workdir):
+    assert store.uri == server.url
+    with shared_store(local_store(workdir), server) as again:
+        assert again.uri == server.url and again.source == "local-served"
+    assert server.running()
+    with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
+        assert response.status == 200
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from typing import Any
 from .. import storage
 from ..config.schema import ExperimentConfig
 from ..tracking import names
-from ..tracking.store import TrackingStore, resolve_store, shared_store
+from ..tracking.store import LocalTrackingServer, TrackingStore, resolve_store, shared_store
 from ..tracking.tracker import Tracker, git_commit
 
 log = logging.getLogger(__name__)
@@ -310,6 +310,7 @@ def run_submission(
     resume: bool = False,
     say: Callable[[str], None] = print,
     on_parent: Callable[[str, str], None] | None = None,
+    tracking_server: LocalTrackingServer | None = None,
 ) -> SubmissionResult:
     """Run (or, with ``resume``, continue) a submission on the connected Ray cluster.
 
@@ -319,6 +320,8 @@ def run_submission(
             interrupted and failed ones continue from their last checkpoint).
         say: where progress lines go.
         on_parent: called with ``(parent run id, tracking URI)`` as soon as the parent run exists.
+        tracking_server: the local store's server (``tracking.store.server_for``), launched by the caller
+            before Ray so that both come up together; the caller stops it. ``None``: started here as needed.
     """
     import ray
     from ray import tune
@@ -340,7 +343,7 @@ def run_submission(
     if resume and not sub.parent_run_id and storage.exists(parent_file):
         # a cluster job's resume: the client never learnt the parent run the first job created
         sub.parent_run_id = json.loads(storage.read_text(parent_file)).get("parent_run_id")
-    with _driver_env(), shared_store(store) as served:
+    with _driver_env(), shared_store(store, tracking_server) as served:
         parent = _parent_run(sub, config, served)
         sub.parent_run_id = parent.run_id
         storage.write_text(parent_file, json.dumps({"parent_run_id": parent.run_id}))

@@ -20,6 +20,7 @@ from .store import (
     TrackingStore,
     local_store,
     resolve_store,
+    server_for,
     shared_store,
 )
 from .tracker import (
@@ -47,6 +48,7 @@ __all__ = [
     "names",
     "reconstruction_panel",
     "resolve_store",
+    "server_for",
     "shared_store",
     "tracker_for_rank",
 ]

@@ -129,6 +129,8 @@ class LocalTrackingServer:
         self.stop_timeout_s = stop_timeout_s
         self.log_path = self.workdir / "mlflow-server.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._spawned_port: int | None = None
+        self._healthy = False
 
     @property
     def url(self) -> str:
@@ -154,29 +156,40 @@ class LocalTrackingServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def launch(self) -> LocalTrackingServer:
+        """Start the server's process and return at once (a no-op when already launched); :meth:`start` waits
+        for it. The process takes seconds to come up: launched first, it does so while the caller goes on."""
+        if self._proc is None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if self._artifacts_destination is None:
+                (self.workdir / ARTIFACTS_DIR).mkdir(exist_ok=True)
+            self._spawn(self.port if self.port is not None else free_port())
+        return self
+
     def start(self) -> LocalTrackingServer:
-        """Start the server and wait (at most ``startup_timeout_s``) until ``/health`` answers."""
-        if self.running():
+        """Start the server (or take the one :meth:`launch` started) and wait, at most ``startup_timeout_s``
+        per try, until ``/health`` answers."""
+        if self.running() and self._healthy:
             return self
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self._artifacts_destination is None:
-            (self.workdir / ARTIFACTS_DIR).mkdir(exist_ok=True)
         # A port picked here may be taken before the server binds it; try a few.
         attempts = 1 if self.port is not None else 3
         for attempt in range(attempts):
-            port = self.port if self.port is not None else free_port()
-            if self._launch(port):
-                self.port = port
+            self.launch()
+            if self._wait_healthy():
+                self.port = self._spawned_port
+                self._healthy = True
                 log.info("MLflow tracking server on %s (store %s)", self.url, self.backend_uri)
                 return self
             if attempt + 1 < attempts:
-                log.warning("MLflow server did not start on port %d; retrying on another port", port)
+                log.warning(
+                    "MLflow server did not start on port %d; retrying on another port", self._spawned_port
+                )
         raise TrackingServerError(
             f"MLflow tracking server did not become healthy in {self.startup_timeout_s:.0f}s; "
             f"log {self.log_path}:\n{self._log_tail()}"
         )
 
-    def _launch(self, port: int) -> bool:
+    def _spawn(self, port: int) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -209,10 +222,16 @@ class LocalTrackingServer:
                 cwd=self.workdir,
                 start_new_session=True,  # its own process group: stop() ends the uvicorn workers too
             )
+        self._spawned_port = port
+        self._healthy = False
+
+    def _wait_healthy(self) -> bool:
+        """Wait for the launched process to answer ``/health``; ``False`` (and the process ended) if it exits
+        or does not answer within ``startup_timeout_s``."""
         deadline = time.monotonic() + self.startup_timeout_s
-        health = f"http://{_HOST}:{port}/health"
+        health = f"http://{_HOST}:{self._spawned_port}/health"
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if self._proc is None or self._proc.poll() is not None:
                 self._proc = None
                 return False
             try:
@@ -228,6 +247,7 @@ class LocalTrackingServer:
     def stop(self) -> None:
         """End the server's process group (SIGTERM, then SIGKILL); a no-op when not running."""
         proc, self._proc = self._proc, None
+        self._healthy = False
         if proc is None:
             return
         if proc.poll() is None:
@@ -261,19 +281,36 @@ class LocalTrackingServer:
         self.stop()
 
 
+def server_for(store: TrackingStore, **server_options: Any) -> LocalTrackingServer | None:
+    """The :class:`LocalTrackingServer` (not started) that serves a local SQLite ``store`` to many writers;
+    ``None`` for any other store."""
+    if not store.is_local_sqlite:
+        return None
+    db_path = Path(store.uri.removeprefix("sqlite:///"))
+    return LocalTrackingServer(
+        db_path.parent, backend_uri=store.uri, artifacts_destination=store.artifact_location, **server_options
+    )
+
+
 @contextlib.contextmanager
-def shared_store(store: TrackingStore, **server_options: Any) -> Iterator[TrackingStore]:
+def shared_store(
+    store: TrackingStore, server: LocalTrackingServer | None = None, **server_options: Any
+) -> Iterator[TrackingStore]:
     """``store`` made safe for many writing processes: a local SQLite store is served by a
     :class:`LocalTrackingServer` for the duration of the ``with`` block (the yielded store points at it);
-    any other store (a remote server, ``databricks``...) is yielded as it is."""
+    any other store (a remote server, ``databricks``...) is yielded as it is.
+
+    ``server``: the store's server (:func:`server_for`), already launched by the caller, who also stops it;
+    this waits for it instead of starting one.
+    """
     if not store.is_local_sqlite:
         yield store
         return
-    db_path = Path(store.uri.removeprefix("sqlite:///"))
-    with LocalTrackingServer(
-        db_path.parent, backend_uri=store.uri, artifacts_destination=store.artifact_location, **server_options
-    ) as server:
-        yield TrackingStore(uri=server.url, source=f"{store.source}-served")
+    if server is not None:
+        yield TrackingStore(uri=server.start().url, source=f"{store.source}-served")
+        return
+    with server_for(store, **server_options) as started:
+        yield TrackingStore(uri=started.url, source=f"{store.source}-served")
 
 
 __all__ = [
@@ -286,5 +323,6 @@ __all__ = [
     "free_port",
     "local_store",
     "resolve_store",
+    "server_for",
     "shared_store",
 ]
