@@ -12,7 +12,7 @@ stopped early has no final value). Goal: the ASHA sweep's best within 2% of the 
 its steps.
 
     .venv/bin/python benchmarks/asha_vs_grid.py [--values 9] [--steps 2,12,12] [--every 2] [--grace 3]
-        [--reduction 3] [--lr 1e-3] [--descending] [--grid-from an-earlier-run.log]
+        [--reduction 3] [--lr 1e-3] [--descending | --shuffle SEED] [--grid-from an-earlier-run.log]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -97,11 +98,19 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--values", type=int, default=9, help="grid size (log-spaced from 0.03 to 10)")
-    parser.add_argument(
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument(
         "--descending",
         action="store_true",
         help="run the grid from the largest weight down (Tune runs a grid in its order; asynchronous ASHA lets "
         "the first trial to reach a rung through, so the order matters)",
+    )
+    order.add_argument(
+        "--shuffle",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="run the grid in a random order drawn with this seed (between the best and the worst order for ASHA)",
     )
     parser.add_argument(
         "--steps",
@@ -147,6 +156,8 @@ def main() -> None:
     values = [round(10 ** (lo + (hi - lo) * i / (args.values - 1)), 4) for i in range(args.values)]
     if args.descending:
         values.reverse()
+    elif args.shuffle is not None:
+        random.Random(args.shuffle).shuffle(values)
 
     from vlsa_platform.orchestration.local import local_ray
 
