@@ -70,6 +70,8 @@ def test_a_launched_server_is_waited_for_and_left_to_its_owner(server, store, wo
     assert server.running()
     with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
         assert response.status == 200
+    with pytest.raises(ValueError, match="serves"), shared_store(local_store(workdir / "other"), server):
+        pass
 
 
 @pytest.fixture(scope="module")

@@ -307,6 +307,8 @@ def shared_store(
         yield store
         return
     if server is not None:
+        if server.backend_uri != store.uri:
+            raise ValueError(f"the server given serves {server.backend_uri}, not {store.uri}")
         yield TrackingStore(uri=server.start().url, source=f"{store.source}-served")
         return
     with server_for(store, **server_options) as started:
