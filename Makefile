@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Python writes each module's bytecode (.pyc) the first time it is imported, unless PYTHONDONTWRITEBYTECODE is
 # set, as it is on some machines (this one included): then every process (each Ray worker) compiles again
 # everything it imports. Python's default is restored here, and pip does not compile at install time: only the
-# modules a run imports are compiled, once (about a quarter of the installed ones for a sweep).
+# modules a run imports are compiled, once (about a third of the installed ones for a sweep).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install install-runtime test test-e2e demo lint format plan clean
