@@ -133,7 +133,8 @@ def _run_local(record: Any, *, resume: bool) -> int:
     record.mark_driver()
     record.state = "RUNNING"
     record.history.append({"at": time.time(), "action": "resume" if resume else "submit", "pid": os.getpid()})
-    record.tracking_uri = resolve_store(spec.tracking_uri, spec.workdir).uri
+    store = resolve_store(spec.tracking_uri, spec.workdir)
+    record.tracking_uri = store.uri
     record.save()
     workdir = Path(spec.workdir)
     with _tee(record.log_path) as say:
@@ -146,7 +147,7 @@ def _run_local(record: Any, *, resume: bool) -> int:
             say(f"  parent run {run_id}")
 
         # The local store's MLflow server starts while Ray does (each takes seconds).
-        server = server_for(resolve_store(spec.tracking_uri, spec.workdir))
+        server = server_for(store)
         try:
             with _sigterm_as_interrupt(), contextlib.ExitStack() as stack:
                 if server is not None:
