@@ -2,7 +2,9 @@
 
 Kept apart from :mod:`vlsa_platform.cli` (the parser and the other verbs) because they share the record and
 output helpers below. Every problem with the experiment file, ``--set`` or ``--address`` is reported before
-any Ray resource is requested (exit 2).
+any Ray resource is requested (exit 2): the fields before anything starts, and what the model side rejects
+(the plan, which imports the model stack) while a local submission's Ray and MLflow server start, before any
+trial is launched.
 """
 
 from __future__ import annotations
@@ -71,20 +73,31 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _load(args: argparse.Namespace, verb: str) -> tuple[Any, dict[str, Any]] | None:
-    """The experiment and its plan, or ``None`` after printing the problem (exit 2)."""
+def _load(args: argparse.Namespace, verb: str) -> Any:
+    """The experiment (every field checked), or ``None`` after printing the problem (exit 2)."""
     from .config.errors import ConfigError
     from .config.loader import load_experiment
-    from .orchestration.plan import build_plan
 
     try:
-        config = load_experiment(args.file, scale=args.scale, overrides=args.set)
-        return config, build_plan(config)
+        return load_experiment(args.file, scale=args.scale, overrides=args.set)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return None
     except OSError as err:
         _err(verb, err)
+        return None
+
+
+def _plan(config: Any) -> dict[str, Any] | None:
+    """The plan (DESIGN.md §4), or ``None`` after printing what the model side rejects (exit 2). It imports
+    the model stack to count parameters on the meta device: seconds, most of a first run's start."""
+    from .config.errors import ConfigError
+    from .orchestration.plan import build_plan
+
+    try:
+        return build_plan(config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
         return None
 
 
@@ -120,9 +133,19 @@ def _summary(result: Any, metric: str) -> list[str]:
     return _table(rows)
 
 
-def _run_local(record: Any, *, resume: bool) -> int:
-    """Drive a submission on an embedded local Ray in this process."""
+def _run_local(record: Any, *, resume: bool, check: bool = False) -> int:
+    """Drive a submission on an embedded local Ray in this process.
+
+    ``check``: check the plan of a new submission first (``orchestration.plan.check_plan``). It runs in a
+    child process while the local MLflow server and Ray start, which take seconds each, and the record is
+    written only once it has passed; a refused plan shuts both down before any trial asks Ray for
+    resources, and exits 2.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from .orchestration.local import local_ray
+    from .orchestration.plan import check_plan, remember_planned
     from .orchestration.records import FAILED, FINISHED, STOPPED
     from .orchestration.submission import ClusterResourceError, run_submission
     from .tracking.store import resolve_store, server_for
@@ -130,46 +153,62 @@ def _run_local(record: Any, *, resume: bool) -> int:
     spec = record.spec
     config = spec.experiment_config()
     metric = config.sweep.metric if config.sweep is not None else "val/loss_llm"
-    record.mark_driver()
-    record.state = "RUNNING"
-    record.history.append({"at": time.time(), "action": "resume" if resume else "submit", "pid": os.getpid()})
     store = resolve_store(spec.tracking_uri, spec.workdir)
-    record.tracking_uri = store.uri
-    record.save()
     workdir = Path(spec.workdir)
-    with _tee(record.log_path) as say:
-        say(f"submission {spec.submission_id}: {config.kind} of {spec.experiment!r} from {spec.source}")
-        say(f"  storage {spec.storage_root}")
-        say(f"  MLflow  {record.tracking_uri}")
+    server = server_for(store)
+    checked = not check
+    try:
+        with _sigterm_as_interrupt(), contextlib.ExitStack() as stack:
+            if check:  # the child ends as soon as it has answered
+                pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                stack.callback(pool.shutdown, cancel_futures=True)
+                planned = pool.submit(check_plan, config)
+            if server is not None:
+                stack.callback(server.stop)
+                server.launch()
+            stack.enter_context(local_ray())
+            if check:
+                problems, numbers = planned.result()
+                pool.shutdown()
+                if problems:
+                    print("\n".join(problems), file=sys.stderr)
+                    return EXIT_CONFIG
+                remember_planned(numbers)
+            checked = True
+            record.mark_driver()
+            record.state = "RUNNING"
+            record.history.append(
+                {"at": time.time(), "action": "resume" if resume else "submit", "pid": os.getpid()}
+            )
+            record.tracking_uri = store.uri
+            record.save()
+            say = stack.enter_context(_tee(record.log_path))
+            say(f"submission {spec.submission_id}: {config.kind} of {spec.experiment!r} from {spec.source}")
+            say(f"  storage {spec.storage_root}")
+            say(f"  MLflow  {record.tracking_uri}")
 
-        def on_parent(run_id: str, uri: str) -> None:
-            record.save()
-            say(f"  parent run {run_id}")
+            def on_parent(run_id: str, uri: str) -> None:
+                record.save()
+                say(f"  parent run {run_id}")
 
-        # The local store's MLflow server starts while Ray does (each takes seconds).
-        server = server_for(store)
-        try:
-            with _sigterm_as_interrupt(), contextlib.ExitStack() as stack:
-                if server is not None:
-                    stack.callback(server.stop)
-                    server.launch()
-                stack.enter_context(local_ray())
-                result = run_submission(
-                    spec, resume=resume, say=say, on_parent=on_parent, tracking_server=server
-                )
-        except ClusterResourceError as err:
-            record.state, record.ended_at, record.pid = FAILED, time.time(), None
-            record.save()
-            _err("submit", err)
-            return EXIT_RESOURCES
-        except KeyboardInterrupt:
-            record.state, record.ended_at, record.pid = STOPPED, time.time(), None
-            record.save()
-            say(f"stopped; continue with:  vlsa-platform resume {spec.submission_id}")
-            return EXIT_INTERRUPTED
-        record.pid, record.ended_at = None, time.time()
-        record.state = STOPPED if result.interrupted else FAILED if result.failed else FINISHED
+            result = run_submission(spec, resume=resume, say=say, on_parent=on_parent, tracking_server=server)
+    except ClusterResourceError as err:
+        record.state, record.ended_at, record.pid = FAILED, time.time(), None
         record.save()
+        _err("submit", err)
+        return EXIT_RESOURCES
+    except KeyboardInterrupt:
+        if not checked:  # stopped before the submission existed: nothing to continue
+            return EXIT_INTERRUPTED
+        record.state, record.ended_at, record.pid = STOPPED, time.time(), None
+        record.save()
+        with _tee(record.log_path) as say:
+            say(f"stopped; continue with:  vlsa-platform resume {spec.submission_id}")
+        return EXIT_INTERRUPTED
+    record.pid, record.ended_at = None, time.time()
+    record.state = STOPPED if result.interrupted else FAILED if result.failed else FINISHED
+    record.save()
+    with _tee(record.log_path) as say:
         say("")
         for line in _summary(result, metric):
             say(line)
@@ -221,10 +260,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .orchestration.submission import DEFAULT_STORAGE_DIR, SubmissionSpec
     from .tracking.store import TRACKING_URI_ENV
 
-    loaded = _load(args, "submit")
-    if loaded is None:
+    config = _load(args, "submit")
+    if config is None:
         return EXIT_CONFIG
-    config, plan = loaded
     address = None
     if args.address:
         from .orchestration import jobs
@@ -237,6 +275,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .cli import render_plan
 
+        plan = _plan(config)
+        if plan is None:
+            return EXIT_CONFIG
         print(json.dumps(plan) if args.json else render_plan(plan, args.file))
         return EXIT_OK
     workdir = Path(args.workdir).expanduser().resolve()
@@ -260,13 +301,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if address is not None:
         from .orchestration import jobs
 
+        if _plan(config) is None:
+            return EXIT_CONFIG
         try:
             jobs.check_remote_settings(spec, args.address)
         except ValueError as err:
             _err("submit", err)
             return EXIT_CONFIG
         return _run_remote(record, resume=False, detach=args.detach)
-    return _run_local(record, resume=False)
+    return _run_local(record, resume=False, check=True)
 
 
 def _find(args: argparse.Namespace, verb: str) -> Any:

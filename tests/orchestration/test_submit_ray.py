@@ -91,6 +91,24 @@ def check_child(run, finished: bool = True) -> None:
         assert run.data.metrics[names.STAGE] == len(STAGES) - 1
 
 
+def test_a_plan_the_model_side_refuses_is_exit_2_and_records_nothing(workdir, capsys):
+    """The plan's model-side check (LoRA targets the tiny LLM lacks) runs while Ray and the MLflow server
+    start: the refusal names the problem, exits 2, records no submission, starts no trial, and leaves Ray
+    as it found it (first in the module, so this submission started and must stop its own)."""
+    from vlsa_platform.orchestration.records import all_records
+
+    was_up = ray.is_initialized()
+    status = submit(
+        workdir, "loss_ratio_sweep.yaml", "model.lora.enabled=true", "model.lora.target_modules=[nope]"
+    )
+    assert status == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "model:" in err and "nope" in err
+    assert all_records(workdir) == []
+    assert not (workdir / "storage").exists(), "no trial started"
+    assert ray.is_initialized() == was_up
+
+
 def test_single_run_is_a_parent_with_one_child(local_cluster, workdir):
     assert submit(workdir, "vlsa_paper.yaml") == 0
     parents, children = runs_of(workdir, "vlsa-paper")

@@ -117,6 +117,27 @@ def remember_model_numbers(config: ExperimentConfig, numbers: ModelNumbers) -> N
     _MODEL_NUMBERS[_model_key(config)] = numbers
 
 
+def check_plan(config: ExperimentConfig) -> tuple[list[str], dict[str, ModelNumbers]]:
+    """Build the plan of ``config`` and return ``(problems, model numbers)``: the model side's problems (empty
+    when the plan builds) and the numbers it computed, as :func:`remember_planned` takes them back.
+
+    For running the check in another process (picklable in and out): a local submission runs it in a child
+    while Ray and the MLflow server start, so that importing the model stack (seconds; a first run also
+    compiles it) neither waits for them nor shares the driver's interpreter with them.
+    """
+    try:
+        build_plan(config)
+    except ConfigError as err:
+        return err.problems, {}
+    return [], dict(_MODEL_NUMBERS)
+
+
+def remember_planned(numbers: dict[str, ModelNumbers]) -> None:
+    """Take the model numbers :func:`check_plan` computed in another process: this one then plans the same
+    models without importing the model stack."""
+    _MODEL_NUMBERS.update(numbers)
+
+
 def stage_steps(config: ExperimentConfig, stage: StageConfig) -> int | None:
     """Optimizer steps of a stage: as written, or ``epochs`` x mixture size / global batch when sizes are known."""
     if stage.steps is not None:
@@ -244,10 +265,12 @@ __all__ = [
     "ModelNumbers",
     "PlannedRun",
     "build_plan",
+    "check_plan",
     "expand_runs",
     "model_numbers",
     "plan_run",
     "remember_model_numbers",
+    "remember_planned",
     "stage_placements",
     "stage_steps",
 ]
