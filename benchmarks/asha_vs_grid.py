@@ -24,6 +24,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = ROOT / "experiments" / "loss_ratio_sweep.yaml"
@@ -37,19 +38,7 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
     from vlsa_platform.orchestration.submission import SubmissionSpec, run_submission
     from vlsa_platform.tracking import names
 
-    sets = [
-        *(f"stages.{s}.steps={n}" for s, n in zip(STAGES, args.stage_steps, strict=True)),
-        f"data.validation.every_steps={args.every}",
-        f"sweep.search_space={json.dumps({'loss.rec_weight': {'grid': values}})}",
-        f"sweep.scheduler.kind={scheduler}",
-        f"sweep.scheduler.grace_period={args.grace}",
-        f"sweep.scheduler.reduction_factor={args.reduction}",
-        f"sweep.max_concurrent_trials={args.concurrent}",
-        "tracking.recon_every=null",
-        "tracking.log_every=1",  # every step's losses: a trial's last logged step is the last it trained
-        f"sweep.metric={args.metric}",
-        *(f"stages.{s}.lr.default={args.lr}" for s in STAGES if args.lr),
-    ]
+    sets = _settings(args, values, scheduler)
     config = load_experiment(FILE, scale="tiny", overrides=sets)
     spec = SubmissionSpec(
         submission_id=f"bench-{scheduler}",
@@ -77,12 +66,17 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
         val = client.get_metric_history(child.info.run_id, args.metric)
         steps = max((m.step for m in [*history, *val]), default=0)
         final = [m.value for m in val if m.step == total_steps]
+        val = sorted(val, key=lambda m: m.step)
         trials.append(
             {
                 "rec_weight": float(child.data.params["loss.rec_weight"]),
                 "steps": steps,
                 "final": final[0] if final else None,
                 "status": child.info.status,
+                # each validation: [step, value, seconds after the trial's run started] (for --replay)
+                "curve": [
+                    [m.step, m.value, round((m.timestamp - child.info.start_time) / 1000, 1)] for m in val
+                ],
             }
         )
     finals = [t["final"] for t in trials if t["final"] is not None]
@@ -92,6 +86,113 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
         "steps": sum(t["steps"] for t in trials),
         "best": min(finals) if finals else math.nan,
         "trials": sorted(trials, key=lambda t: t["rec_weight"]),
+    }
+
+
+def _settings(args: argparse.Namespace, values: list[float], scheduler: str) -> list[str]:
+    return [
+        *(f"stages.{s}.steps={n}" for s, n in zip(STAGES, args.stage_steps, strict=True)),
+        f"data.validation.every_steps={args.every}",
+        f"sweep.search_space={json.dumps({'loss.rec_weight': {'grid': values}})}",
+        f"sweep.scheduler.kind={scheduler}",
+        f"sweep.scheduler.grace_period={args.grace}",
+        f"sweep.scheduler.reduction_factor={args.reduction}",
+        f"sweep.max_concurrent_trials={args.concurrent}",
+        "tracking.recon_every=null",
+        "tracking.log_every=1",  # every step's losses: a trial's last logged step is the last it trained
+        f"sweep.metric={args.metric}",
+        *(f"stages.{s}.lr.default={args.lr}" for s in STAGES if args.lr),
+    ]
+
+
+class _Trial:
+    """What the scheduler reads of a trial."""
+
+    def __init__(self, index: int) -> None:
+        self.trial_id = f"replay_{index:05d}"
+
+
+def _replay_once(
+    sched: Any, curves: list[list[list[float]]], order: list[int], concurrent: int, metric: str
+) -> tuple[int, list[float]]:
+    """One replay: ``(steps spent, final values of the trials that ran to the end)``."""
+    import heapq
+
+    from ray.tune.schedulers import TrialScheduler
+
+    waiting = list(order)
+    events: list[tuple[float, int, int]] = []  # (seconds, trial, validation index)
+    spent: dict[int, int] = {}
+    finals: list[float] = []
+
+    def start(now: float) -> None:
+        index = waiting.pop(0)
+        sched.on_trial_add(None, _Trial(index))
+        heapq.heappush(events, (now + curves[index][0][2], index, 0))
+
+    for _ in range(min(concurrent, len(waiting))):
+        start(0.0)
+    while events:
+        now, index, k = heapq.heappop(events)
+        step, value, _ = curves[index][k]
+        spent[index] = int(step)
+        decision = sched.on_trial_result(None, _Trial(index), {"training_iteration": k + 1, metric: value})
+        if decision == TrialScheduler.STOP or k + 1 == len(curves[index]):
+            if decision != TrialScheduler.STOP:
+                finals.append(value)
+            if waiting:
+                start(now)
+        else:
+            began = now - curves[index][k][2]
+            heapq.heappush(events, (began + curves[index][k + 1][2], index, k + 1))
+    return sum(spent.values()), finals
+
+
+def replay(grid: list[dict], args: argparse.Namespace, values: list[float], orders: int, seed: int) -> dict:
+    """ASHA replayed on the grid's measured curves, in ``orders`` random arrival orders.
+
+    The scheduler is the one a submission builds (``orchestration.sweep.scheduler``: Tune's ASHA with the same
+    grace period, reduction factor and rungs), fed each grid trial's validations as Tune would see them
+    (``training_iteration`` = validations so far). Trials start in the drawn order, ``--concurrent`` at a time,
+    and each keeps its measured timing (seconds from its start to each validation), so results arrive at the
+    rungs in the order they would have; a stopped trial frees its slot at the validation that stopped it.
+    What it shows: how much of ASHA's saving on this grid comes from the order the trials arrive in.
+    """
+    import numpy as np
+
+    from vlsa_platform.config.loader import load_experiment
+    from vlsa_platform.orchestration.sweep import scheduler as sweep_scheduler
+
+    config = load_experiment(FILE, scale="tiny", overrides=_settings(args, values, "asha"))
+    curves = [t["curve"] for t in grid]
+    grid_steps = sum(t["steps"] for t in grid)
+    grid_best = min(t["final"] for t in grid if t["final"] is not None)
+
+    rng = random.Random(seed)
+    np.random.seed(seed)  # ASHA draws a bracket per trial when there are several
+    fractions, gaps = [], []
+    for _ in range(orders):
+        sched = sweep_scheduler(config)
+        sched.set_search_properties(args.metric, "min")
+        order = list(range(len(curves)))
+        rng.shuffle(order)
+        spent, finals = _replay_once(sched, curves, order, args.concurrent, args.metric)
+        fractions.append(spent / grid_steps)
+        gaps.append(min(finals) / grid_best - 1)
+    fractions_a, gaps_a = np.array(fractions), np.array(gaps)
+    return {
+        "orders": orders,
+        "seed": seed,
+        "step_fraction": {
+            "mean": round(float(fractions_a.mean()), 3),
+            "p10": round(float(np.percentile(fractions_a, 10)), 3),
+            "p90": round(float(np.percentile(fractions_a, 90)), 3),
+            "min": round(float(fractions_a.min()), 3),
+            "max": round(float(fractions_a.max()), 3),
+            "share_at_most_40pct": round(float((fractions_a <= 0.4).mean()), 3),
+        },
+        "best_gap_max": round(float(gaps_a.max()), 5),
+        "share_best_within_2pct": round(float((gaps_a <= 0.02).mean()), 3),
     }
 
 
@@ -147,6 +248,19 @@ def main() -> None:
         help="the objective (minimised); the tiny model's val/loss_llm barely moves in a few steps, so trials "
         "tie on it and ASHA keeps them all — val/loss_rec separates them",
     )
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=1000,
+        metavar="ORDERS",
+        help="also replay ASHA on the grid's measured curves in this many random trial orders (0: none): the "
+        "spread of what the real run's one order shows",
+    )
+    parser.add_argument(
+        "--replay-only",
+        action="store_true",
+        help="run (or take, --grid-from) the grid and replay ASHA on it, without the real ASHA sweep",
+    )
     args = parser.parse_args()
     steps = [int(n) for n in str(args.steps).split(",")]
     args.stage_steps = steps * len(STAGES) if len(steps) == 1 else steps
@@ -183,16 +297,41 @@ def main() -> None:
             parser.error(f"--grid-from {args.grid_from}: its grid ran with other {', '.join(differ)}")
         out["fifo"] = {
             "scheduler": "fifo",
-            "wall_s": earlier["wall_s"]["grid"],
+            "wall_s": (earlier.get("wall_s") or {}).get("grid"),
             "steps": earlier["grid_steps"],
             "best": earlier["grid_best"],
             "trials": earlier["trials"]["grid"],
         }
-    with tempfile.TemporaryDirectory(prefix="vlsa-asha-") as tmp, local_ray():
-        for scheduler in ("asha", "fifo"):
-            if scheduler not in out:
-                out[scheduler] = sweep_once(Path(tmp) / scheduler, scheduler, args, values)
-    asha, grid = out["asha"], out["fifo"]
+    wanted = ("fifo",) if args.replay_only else ("asha", "fifo")
+    if any(scheduler not in out for scheduler in wanted):
+        with tempfile.TemporaryDirectory(prefix="vlsa-asha-") as tmp, local_ray():
+            for scheduler in wanted:
+                if scheduler not in out:
+                    out[scheduler] = sweep_once(Path(tmp) / scheduler, scheduler, args, values)
+    grid = out["fifo"]
+    replayed = None
+    if args.replay:
+        if all(t.get("curve") for t in grid["trials"]):
+            replayed = replay(grid["trials"], args, values, args.replay, seed=args.shuffle or 0)
+        else:
+            print("no replay: the grid taken from --grid-from has no validation curves (an older run)")
+    if args.replay_only:
+        print(
+            json.dumps(
+                {
+                    **same,
+                    "asha": {"grace_period": args.grace, "reduction_factor": args.reduction},
+                    "grid_steps": grid["steps"],
+                    "grid_best": grid["best"],
+                    "wall_s": {"grid": grid["wall_s"]},
+                    "replay": replayed,
+                    "trials": {"grid": grid["trials"]},
+                }
+            )
+        )
+        _print_replay(replayed)
+        return
+    asha = out["asha"]
     summary = {
         **same,
         "asha": {"grace_period": args.grace, "reduction_factor": args.reduction},
@@ -203,6 +342,7 @@ def main() -> None:
         "asha_best": asha["best"],
         "best_gap": round(asha["best"] / grid["best"] - 1, 4) if grid["best"] else None,
         "wall_s": {"asha": asha["wall_s"], "grid": grid["wall_s"]},
+        "replay": replayed,
         "trials": {"asha": asha["trials"], "grid": grid["trials"]},
     }
     print(json.dumps(summary))
@@ -211,6 +351,20 @@ def main() -> None:
         f"({100 * (summary['step_fraction'] or 0):.0f}%, goal <= 40%); best {args.metric} {asha['best']:.4f} "
         f"vs the grid's {grid['best']:.4f} ({100 * (summary['best_gap'] or 0):+.2f}%, goal within 2%); "
         f"wall {asha['wall_s']:.0f}s vs {grid['wall_s']:.0f}s"
+    )
+    _print_replay(replayed)
+
+
+def _print_replay(replayed: dict | None) -> None:
+    if replayed is None:
+        return
+    f = replayed["step_fraction"]
+    print(
+        f"ASHA replayed on the grid's curves in {replayed['orders']} random orders: {100 * f['mean']:.0f}% of the "
+        f"grid's steps on average (10-90%: {100 * f['p10']:.0f}-{100 * f['p90']:.0f}%, range "
+        f"{100 * f['min']:.0f}-{100 * f['max']:.0f}%), at most 40% in {100 * f['share_at_most_40pct']:.0f}% of "
+        f"the orders; best within 2% of the grid's in {100 * replayed['share_best_within_2pct']:.0f}% "
+        f"(largest gap {100 * replayed['best_gap_max']:+.3f}%)"
     )
 
 
