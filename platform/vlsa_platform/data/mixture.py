@@ -183,7 +183,8 @@ def group_by_modality(order: EpochOrder, has_image: Callable[[str, int], bool], 
     With ``block = micro_batch x world_size``, the ``k``-th micro-batch of every rank (after
     :meth:`EpochOrder.shard`) comes from run ``k``, so all ranks see images, or none, at the same micro-step
     (what ZeRO-3 needs: each rank all-gathers the parameters of the sub-modules it runs, so the ranks must
-    run the same ones). LLaVA's ``group_by_modality_length`` sampler solves the same problem the same way.
+    run the same ones; and ZeRO-2: it reduces gradients in the order the backward readies them, so the ranks
+    must run the same graph). LLaVA's ``group_by_modality_length`` sampler solves the same problem the same way.
     Within a modality the epoch's shuffled order is kept; runs are placed by the position of their first
     sample, so both modalities stay spread over the epoch. The last ``< block`` samples of each modality
     that do not fill a run are dropped for this epoch (a different subset each epoch, as the order differs).

@@ -1,7 +1,7 @@
 """A stage's data on one worker: its shard of each epoch, as micro-batches, resumable at any micro-step.
 
 Every rank computes the same epoch order (``data.mixture``, seeded by the experiment's seed and the epoch) and
-takes every ``world_size``-th sample of it. Under ZeRO-3 with several ranks the order is first grouped by
+takes every ``world_size``-th sample of it. Under ZeRO-2 or ZeRO-3 with several ranks the order is first grouped by
 modality (:func:`~vlsa_platform.data.mixture.group_by_modality`) so all ranks see images, or none, at the same
 micro-step. An epoch gives ``len(shard) // micro_batch`` micro-batches on every rank; the micro-step counter
 (kept in checkpoints) alone says where the data stands, so a resumed worker continues with the very batch
@@ -95,7 +95,8 @@ class StageData:
         tokenizer: the LLM's tokenizer.
         rank, world_size: this worker's data-parallel position.
         micro_batch: samples per micro-batch.
-        by_modality: group each epoch by modality (ZeRO-3 with several ranks).
+        by_modality: group each epoch by modality (ZeRO-2 or ZeRO-3 with several ranks:
+            ``DeepSpeedStrategy.needs_same_batch_structure``).
         cognition: the cognition hook, or ``None``.
         latent_cache: cached VAE latents (``data.targets.CachedTargets``), or ``None``.
     """

@@ -224,7 +224,12 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
     trainable = set_trainable(model, stage.trainable)
     tokenizer = build_tokenizer(config)
     vq_targets, latent_cache = _target_cache(config, spec, model)
-    zero3_grouping = placement["zero_stage"] == 3 and ctx.world_size > 1
+    strategy = DeepSpeedStrategy.from_placement(
+        placement,
+        bf16=on_gpu,
+        max_grad_norm=stage.max_grad_norm,
+        activation_checkpointing=config.model.gradient_checkpointing,
+    )
     data = StageData(
         config,
         stage,
@@ -233,19 +238,13 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
         rank=ctx.rank,
         world_size=ctx.world_size,
         micro_batch=placement["micro_batch"],
-        by_modality=zero3_grouping,
+        by_modality=strategy.needs_same_batch_structure,
         latent_cache=latent_cache,
     )
     vq_lookup = vq_targets.vq_lookup(data.sources.image_roots) if vq_targets is not None else None
     data.cognition = cognition_hook(config, vq_lookup)
     steps = spec.steps or data.steps_for_epochs(stage.epochs or 1.0, placement["global_batch"])
 
-    strategy = DeepSpeedStrategy.from_placement(
-        placement,
-        bf16=on_gpu,
-        max_grad_norm=stage.max_grad_norm,
-        activation_checkpointing=config.model.gradient_checkpointing,
-    )
     scheduler = functools.partial(
         build_lr_scheduler, kind=stage.lr_scheduler, total_steps=steps, warmup_ratio=stage.warmup_ratio
     )

@@ -45,7 +45,8 @@ def _with_unused_parameters(loss: torch.Tensor, module: torch.nn.Module) -> torc
     (and Epigone, the denoiser) without gradients there while another rank has them, so ZeRO's bucketed
     gradient reductions disagree in size (gloo aborts: "Received data size doesn't match expected size"). The
     zero terms give every trainable parameter a (zero) gradient on every rank, so the collectives match and
-    the update is unchanged. (ZeRO-3 differs already in the forward: see :func:`check_same_structure`.)
+    the update is unchanged. ZeRO-2 needs more: the same graph on every rank (:func:`check_same_structure`);
+    ZeRO-3 differs already in the forward.
     """
     reached = _reached_parameters(loss)
     unused = [p for p in module.parameters() if p.requires_grad and id(p) not in reached]
@@ -58,25 +59,43 @@ def _with_unused_parameters(loss: torch.Tensor, module: torch.nn.Module) -> torc
 _STRUCTURE_KEYS = ("pixel_values", "recon_pixel_values", "recon_latent_params", "labels")
 
 
-def check_same_structure(batch: dict[str, Any]) -> None:
-    """Under ZeRO-3 every rank must run the same sub-modules in its forward: each module's parameters are
+def _structure(batch: dict[str, Any], zero_stage: int) -> dict[str, bool]:
+    """What each rank must agree on. ZeRO-3: every key of ``_STRUCTURE_KEYS`` (a pixel L_rec target runs the
+    VAE encoder, a cached one does not, and ZeRO-3 gathers what runs). ZeRO-2: what decides the trainable
+    graph, where the two forms of L_rec target are one (the VAE is frozen)."""
+    has = {key: batch.get(key) is not None for key in _STRUCTURE_KEYS}
+    if zero_stage == 3:
+        return has
+    return {
+        "pixel_values": has["pixel_values"],
+        "labels": has["labels"],
+        "an L_rec target": has["recon_pixel_values"] or has["recon_latent_params"],
+    }
+
+
+def check_same_structure(batch: dict[str, Any], zero_stage: int = 3) -> None:
+    """Raise on every rank unless every rank's ``batch`` has the same structure (one small all-reduce).
+
+    Under ZeRO-3 every rank must run the same sub-modules in its forward: each module's parameters are
     all-gathered when it runs, so a rank without images skips the vision tower's gathers while the others wait
-    in them (a mismatched collective: gloo aborts, NCCL hangs). A zero loss term cannot help there, so the
-    batches must agree (the data loader keeps images in every micro-batch, or none); this check (one small
-    all-reduce per micro-batch) turns the hang into an error on every rank."""
-    present = torch.tensor([float(batch.get(key) is not None) for key in _STRUCTURE_KEYS])
+    in them (a mismatched collective: gloo aborts, NCCL hangs). Under ZeRO-2 the graphs must match for the
+    backward: gradients are reduced bucket by bucket in the order they become ready, which differs between a
+    text-only graph and an image graph (see ``DeepSpeedStrategy.needs_same_batch_structure``). Zero loss terms
+    cannot help there, so the batches must agree (the data loader groups each epoch by modality); this check
+    turns the abort, hang or silently mixed gradients into an error on every rank."""
+    structure = _structure(batch, zero_stage)
+    present = torch.tensor([float(value) for value in structure.values()])
     low, high = present.clone(), present.clone()
     if torch.distributed.get_backend() == "nccl":
         low, high = low.cuda(), high.cuda()
     torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
     torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
-    differing = [
-        key for key, lo, hi in zip(_STRUCTURE_KEYS, low.tolist(), high.tolist(), strict=True) if lo != hi
-    ]
+    differing = [key for key, lo, hi in zip(structure, low.tolist(), high.tolist(), strict=True) if lo != hi]
     if differing:
         raise ValueError(
-            f"ZeRO-3 needs the same batch structure on every rank, but {', '.join(differing)} is present on some "
-            "ranks only (e.g. a micro-batch without images): give every rank's micro-batch images, or none"
+            f"ZeRO-{zero_stage} needs the same batch structure on every rank, but {', '.join(differing)} is "
+            "present on some ranks only (e.g. a micro-batch without images): give every rank's micro-batch "
+            "images, or none"
         )
 
 
@@ -123,8 +142,8 @@ def train_step(
     for a reconstruction panel; detach what you keep).
     """
     w_llm, w_rec = weights
-    if strategy.zero_stage == 3 and strategy.world_size_now > 1:
-        check_same_structure(batch)
+    if strategy.needs_same_batch_structure:
+        check_same_structure(batch, strategy.zero_stage)
     out = strategy.forward(**batch)
     if on_output is not None:
         on_output(out)

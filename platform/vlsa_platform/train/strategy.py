@@ -166,11 +166,22 @@ class DeepSpeedStrategy:
 
     @property
     def needs_all_parameters_in_graph(self) -> bool:
-        """Whether every trainable parameter must get a gradient on every rank at every micro-step: ZeRO's
-        gradient reductions are bucketed by parameter, so ranks whose batches reach different parameters (one
-        with images, one without) would run mismatched collectives. ZeRO-0 fills missing gradients itself;
-        ZeRO-3 gathers parameters in the forward, so there the batches themselves must agree (``step.py``)."""
+        """Whether every trainable parameter must get a gradient on every rank at every micro-step: ZeRO-1/2
+        reduce gradients in buckets of the parameters that have one, so ranks whose batches reach different
+        parameters (one with images, one without) would run mismatched collectives. ZeRO-0 fills missing
+        gradients itself. Zero-valued terms give the missing ones (``step.py``)."""
         return self.zero_stage in (1, 2) and self._world() > 1
+
+    @property
+    def needs_same_batch_structure(self) -> bool:
+        """Whether every rank's micro-batch must have the same structure (images or none, labels, an L_rec
+        target): with several ranks, ZeRO-3 gathers each sub-module's parameters when it runs, so every rank
+        must run the same ones; ZeRO-2 reduces each gradient bucket as the backward fills it, in the order
+        gradients become ready, which depends on the graph (a text-only graph readies the vision side first,
+        through its zero terms, an image graph last), so ranks with different graphs reduce mismatched
+        slices: gloo aborts or, when the sizes happen to agree, the gradients are summed across different
+        parameters. ZeRO-1 reduces at the boundary in parameter order and needs only the zero terms."""
+        return self.zero_stage in (2, 3) and self._world() > 1
 
     @property
     def world_size_now(self) -> int:
