@@ -259,24 +259,24 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     import json
 
     deepspeed = join_gloo(rank, 2, port)
-    image_batches = []
-    for i in range(4):
-        batch, _ = make_batch(
-            tiny_model(seed=0).config,
-            random_images([(100, 100)], seed=10 * i + rank),
-            text_len=8,
-            seed=10 * i + rank,
-        )
-        image_batches.append(batch)
+    model_config = tiny_model(seed=0).config
+    image_batches = [
+        make_batch(
+            model_config, random_images([(100, 100)], seed=10 * i + rank), text_len=8, seed=10 * i + rank
+        )[0]
+        for i in range(4)
+    ]
     # Rank 0's first micro-batch is text-only while rank 1 has an image (the unused-parameter zero terms).
     mixed = [_text_only(b) if rank == 0 and i == 0 else b for i, b in enumerate(image_batches)]
-    runs = {"zero0-mixed": (0, mixed), "zero1-mixed": (1, mixed), "zero2-mixed": (2, mixed)}
-    runs |= {
+    runs = {
+        "zero0-mixed": (0, mixed),
+        "zero1-mixed": (1, mixed),
+        "zero2-mixed": (2, mixed),
         "zero0-images": (0, image_batches),
         "zero2-images": (2, image_batches),
         "zero3-images": (3, image_batches),
+        "zero3-mixed": (3, mixed),
     }
-    runs |= {"zero3-mixed": (3, mixed)}
     weights, results = {}, {}
     for name, (zero_stage, micro_batches) in runs.items():
         model = tiny_model(seed=0)
