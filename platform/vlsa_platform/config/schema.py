@@ -16,6 +16,7 @@ and a test checks they match ``vlsa_platform.model.parts``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -397,6 +398,41 @@ class StageLoss(_Model):
     """``w_rec`` in this stage; ``null`` = ``loss.rec_weight``."""
     schedule: ScheduleConfig | None = None
     """In-stage schedule; ``null`` = ``loss.schedule``."""
+
+    def effective(self, recon: bool) -> EffectiveLoss:
+        """The weights training applies: this stage's (filled from the top-level ``loss`` by
+        :class:`ExperimentConfig`), with ``w_rec`` counted as 0 when ``recon`` is off — the one place that rule
+        is written."""
+        if self.llm_weight is None or self.rec_weight is None:
+            raise ValueError(
+                "loss weights are not resolved (take the stage's loss from a validated ExperimentConfig)"
+            )
+        return EffectiveLoss(
+            llm_weight=float(self.llm_weight),
+            rec_weight=float(self.rec_weight) if recon else 0.0,
+            schedule=self.schedule or ScheduleConfig(),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EffectiveLoss:
+    """A stage's loss as training applies it: ``total = w_llm L_llm + w_rec L_rec`` with one weight moved by
+    ``schedule``; no field is optional (:meth:`StageLoss.effective`)."""
+
+    llm_weight: float
+    """``w_llm`` before the schedule."""
+    rec_weight: float
+    """``w_rec`` before the schedule; 0 when the model has no reconstruction branch."""
+    schedule: ScheduleConfig
+    """The in-stage schedule of one of the two weights."""
+
+    def weights(self, progress: float) -> tuple[float, float]:
+        """``(w_llm, w_rec)`` at ``progress`` = step / stage steps in [0, 1] (clipped): the schedule multiplies
+        its ``target`` weight."""
+        factor = self.schedule.factor(progress)
+        if self.schedule.target == "llm_weight":
+            return self.llm_weight * factor, self.rec_weight
+        return self.llm_weight, self.rec_weight * factor
 
 
 class LearningRates(_Model):
@@ -810,8 +846,8 @@ class ExperimentConfig(_Model):
                         f"trains nothing{label}: {', '.join(stage.trainable)} are absent with vision "
                         f"{vision} and recon {'on' if recon else 'off'}",
                     )
-                rec = stage.loss.rec_weight if recon else 0.0
-                if stage.loss.llm_weight == 0 and rec == 0:
+                loss = stage.loss.effective(recon)
+                if loss.llm_weight == 0 and loss.rec_weight == 0:
                     raise FieldIssue(("stages", stage_name, "loss"), f"both loss weights are 0{label}")
         return self
 
@@ -877,6 +913,10 @@ class ExperimentConfig(_Model):
         """The resolved config as plain JSON-able data (what is logged as ``config/resolved.yaml``)."""
         return self.model_dump(mode="json")
 
+    def stage_loss(self, stage: str) -> EffectiveLoss:
+        """Stage ``stage``'s loss as training applies it (``w_rec`` 0 without ``model.recon``)."""
+        return self.stages[stage].loss.effective(self.model.recon)
+
 
 def _named_mixtures(data: Any) -> Any:
     """Replace ``stages.X.mixture: NAME`` with a copy of ``data.mixtures.NAME``."""
@@ -939,6 +979,7 @@ __all__ = [
     "DataConfig",
     "DatasetConfig",
     "Domain",
+    "EffectiveLoss",
     "ExperimentConfig",
     "LearningRates",
     "LoraConfig",

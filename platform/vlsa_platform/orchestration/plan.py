@@ -162,7 +162,7 @@ def _stage_placement(
 ) -> ResolvedPlacement:
     """Stage ``name``'s placement with the open fields derived from its accelerator class and memory needs."""
     stage, model = config.stages[name], config.model
-    assert stage.loss.llm_weight is not None
+    loss = config.stage_loss(name)
     where = f"stages.{name}.placement"
     needs = stage_needs(
         dims,
@@ -172,8 +172,8 @@ def _stage_placement(
         sequence_length=max(config.data.max_length, visual_tokens + 1),
         checkpointing=model.gradient_checkpointing,
         eager_attention=model.attn_implementation == "eager",
-        llm_weight=stage.loss.llm_weight,
-        rec_weight=(stage.loss.rec_weight if model.recon else 0.0) or 0.0,
+        llm_weight=loss.llm_weight,
+        rec_weight=loss.rec_weight,
     )
     return derive_placement(
         stage.placement, accelerator_for(stage.placement, table, where), needs, where=where
@@ -201,8 +201,7 @@ def plan_run(run: PlannedRun) -> dict[str, Any]:
     stages = []
     for name, stage in config.stages.items():
         trainable = [part for part in stage.trainable if part in counts]
-        assert stage.loss.schedule is not None and stage.loss.llm_weight is not None
-        rec_weight = stage.loss.rec_weight if model.recon else 0.0
+        loss = config.stage_loss(name)
         placement = _stage_placement(config, name, counts, visual_tokens, dims, table)
         stages.append(
             {
@@ -211,9 +210,9 @@ def plan_run(run: PlannedRun) -> dict[str, Any]:
                 "params_total": params_total,
                 "params_trainable": sum(counts[part][1] for part in trainable),
                 "loss": {
-                    "llm_weight": stage.loss.llm_weight,
-                    "rec_weight": rec_weight,
-                    "schedule": stage.loss.schedule.model_dump(mode="json"),
+                    "llm_weight": loss.llm_weight,
+                    "rec_weight": loss.rec_weight,
+                    "schedule": loss.schedule.model_dump(mode="json"),
                 },
                 "placement": placement.as_plan(),
                 "steps": stage_steps(config, stage),

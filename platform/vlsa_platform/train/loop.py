@@ -54,7 +54,7 @@ from ..tracking.cost import GpuHoursMeter
 from ..tracking.tracker import NullTracker, Tracker, tracker_for_rank
 from .build import build_model, build_tokenizer, write_export
 from .data import Batch, StageData, cognition_hook
-from .schedules import build_lr_scheduler, loss_weights
+from .schedules import build_lr_scheduler
 from .spec import CHECKPOINT_TAG, EXPORT_DIR, PROGRESS_FILE, StageSpec
 from .step import LOSS_PARTS, check_same_structure, train_step
 from .strategy import DeepSpeedStrategy, param_groups
@@ -210,6 +210,7 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
     ``stage_steps``, ``gpu_hours``...). Every rank of the stage calls it with the same ``spec``."""
     config = ExperimentConfig.model_validate(spec.config)
     stage = config.stages[spec.stage]
+    loss = config.stage_loss(spec.stage)
     placement = spec.placement
     if ctx.world_size != placement["num_workers"]:
         raise ValueError(
@@ -302,7 +303,7 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
         for batch in batches:
             if step >= steps:
                 break
-            weights = loss_weights(stage.loss, step / steps, recon=config.model.recon)
+            weights = loss.weights(step / steps)
             captured: list[tuple[torch.Tensor, ...]] = []
             capture = recon_due and (ctx.rank == 0 or strategy.zero_stage == 3)
             metrics = train_step(

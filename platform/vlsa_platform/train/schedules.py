@@ -15,31 +15,16 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
-from ..config.schema import ScheduleConfig, StageLoss
+from ..config.schema import StageLoss
 
 #: ``lr_scheduler`` of a stage -> the name ``transformers.get_scheduler`` knows (warmup included in each).
 _HF_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 def loss_weights(loss: StageLoss, progress: float, *, recon: bool = True) -> tuple[float, float]:
-    """``(w_llm, w_rec)`` at ``progress`` = step / stage steps in [0, 1] (clipped).
-
-    ``loss`` is a stage's resolved loss (``llm_weight``, ``rec_weight`` and ``schedule`` filled in from the
-    top-level defaults, as ``ExperimentConfig`` does); the schedule multiplies its ``target`` weight. With
-    ``recon`` off the reconstruction weight is 0 (docs/experiments.md).
-    """
-    if loss.llm_weight is None or loss.rec_weight is None:
-        raise ValueError(
-            "loss weights are not resolved (take the stage's loss from a validated ExperimentConfig)"
-        )
-    schedule = loss.schedule or ScheduleConfig()
-    w_llm, w_rec = float(loss.llm_weight), float(loss.rec_weight) if recon else 0.0
-    factor = schedule.factor(progress)
-    if schedule.target == "llm_weight":
-        w_llm *= factor
-    else:
-        w_rec *= factor
-    return w_llm, w_rec
+    """``(w_llm, w_rec)`` at ``progress`` = step / stage steps in [0, 1] (clipped), as
+    :meth:`~vlsa_platform.config.schema.EffectiveLoss.weights` gives them for ``loss.effective(recon)``."""
+    return loss.effective(recon).weights(progress)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
