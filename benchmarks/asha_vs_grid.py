@@ -35,7 +35,8 @@ def sweep_once(workdir: Path, scheduler: str, args: argparse.Namespace, values: 
     from mlflow import MlflowClient
 
     from vlsa_platform.config.loader import load_experiment
-    from vlsa_platform.orchestration.submission import SubmissionSpec, run_submission
+    from vlsa_platform.orchestration.submission import run_submission
+    from vlsa_platform.orchestration.submission_types import SubmissionSpec
     from vlsa_platform.tracking import names
 
     sets = _settings(args, values, scheduler)
@@ -151,7 +152,7 @@ def _replay_once(
 def replay(grid: list[dict], args: argparse.Namespace, values: list[float], orders: int, seed: int) -> dict:
     """ASHA replayed on the grid's measured curves, in ``orders`` random arrival orders.
 
-    The scheduler is the one a submission builds (``orchestration.sweep.scheduler``: Tune's ASHA with the same
+    The scheduler is the one a submission builds (``orchestration.decisions.scheduler``: Tune's ASHA with the same
     grace period, reduction factor and rungs), fed each grid trial's validations as Tune would see them
     (``training_iteration`` = validations so far). Trials start in the drawn order, ``--concurrent`` at a time,
     and each keeps its measured timing (seconds from its start to each validation), so results arrive at the
@@ -161,7 +162,7 @@ def replay(grid: list[dict], args: argparse.Namespace, values: list[float], orde
     import numpy as np
 
     from vlsa_platform.config.loader import load_experiment
-    from vlsa_platform.orchestration.sweep import scheduler as sweep_scheduler
+    from vlsa_platform.orchestration.decisions import scheduler as sweep_scheduler
 
     config = load_experiment(FILE, scale="tiny", overrides=_settings(args, values, "asha"))
     curves = [t["curve"] for t in grid]

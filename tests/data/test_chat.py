@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from vlsa_platform.data.chat import encode_conversation
-from vlsa_platform.data.types import GROUP_PX, GROUP_TEXT, GROUP_VQ, BadSample, Turn
-from vlsa_platform.model.modeling_vlsa import IGNORE_INDEX
-from vlsa_platform.model.tokenizer import EOT_TOKEN, IMAGE_PLACEHOLDER, RESERVED_0_TOKEN, load_tokenizer
+from vlsa_platform.data.types import BadSample, Turn
+from vlsa_platform.model.markers import (
+    EOT_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    LABEL_GROUP_PX,
+    LABEL_GROUP_TEXT,
+    LABEL_GROUP_VQ,
+    RESERVED_0_TOKEN,
+)
+from vlsa_platform.model.tokenizer import load_tokenizer
 
 IMAGE = IMAGE_PLACEHOLDER
 
@@ -95,25 +103,25 @@ def test_ids_equal_the_chat_template_and_labels_are_the_assistant_turns(tok, sha
     answers = [t.text.strip() + EOT_TOKEN for t in turns if t.role == "assistant"]
     decoded = [tok.decode(run, skip_special_tokens=False) for run in _labelled_runs(enc)]
     assert decoded == answers
-    assert (enc.label_groups == GROUP_TEXT).all()
+    assert (enc.label_groups == LABEL_GROUP_TEXT).all()
 
 
 def test_label_groups_mark_grouped_turns(tok):
     turns = [
         *SHAPES["pretrain_caption"],
         Turn("user", "List the VQ codes of the 2x2 window at row 3, column 5."),
-        Turn("assistant", "12 7 4095 33", group=GROUP_VQ),
+        Turn("assistant", "12 7 4095 33", group=LABEL_GROUP_VQ),
         Turn("user", "Mean colour of the top-left quarter, in 2x2 cells?"),
-        Turn("assistant", "(255, 0, 0) (250, 3, 1) (0, 0, 255) (1, 2, 250)", group=GROUP_PX),
+        Turn("assistant", "(255, 0, 0) (250, 3, 1) (0, 0, 255) (1, 2, 250)", group=LABEL_GROUP_PX),
     ]
     enc = encode_conversation(turns, tok, IMAGE, [5], max_length=4096)
     runs = _labelled_runs(enc)
     groups = enc.label_groups[enc.labels != IGNORE_INDEX].tolist()
     sizes = [len(r) for r in runs]
-    expected = [GROUP_TEXT] * sizes[0] + [GROUP_VQ] * sizes[1] + [GROUP_PX] * sizes[2]
+    expected = [LABEL_GROUP_TEXT] * sizes[0] + [LABEL_GROUP_VQ] * sizes[1] + [LABEL_GROUP_PX] * sizes[2]
     assert groups == expected
-    assert (enc.label_groups[enc.labels == IGNORE_INDEX] == GROUP_TEXT).all()
-    vq_text = tok.decode(enc.input_ids[enc.label_groups == GROUP_VQ], skip_special_tokens=False)
+    assert (enc.label_groups[enc.labels == IGNORE_INDEX] == LABEL_GROUP_TEXT).all()
+    vq_text = tok.decode(enc.input_ids[enc.label_groups == LABEL_GROUP_VQ], skip_special_tokens=False)
     assert vq_text == "12 7 4095 33" + EOT_TOKEN
 
 

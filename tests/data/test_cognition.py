@@ -33,7 +33,8 @@ from vlsa_platform.data.cognition import (
     vq_special_tokens,
     vq_window,
 )
-from vlsa_platform.data.types import GROUP_PX, GROUP_TEXT, GROUP_VQ, Record, Turn
+from vlsa_platform.data.types import Record, Turn
+from vlsa_platform.model.markers import LABEL_GROUP_PX, LABEL_GROUP_TEXT, LABEL_GROUP_VQ
 from vlsa_platform.model.presets import vq_config
 from vlsa_platform.model.tokenizer import load_tiny_tokenizer
 
@@ -248,11 +249,14 @@ def test_pairs_are_inserted_whole_and_tagged():
     assert roles[1:] == ["user", "assistant"] * 5  # still strictly alternating: no exchange is split
     for i in extra:
         if out[i].role == "user":
-            assert out[i - 1].role == "assistant" and out[i].group == GROUP_TEXT
+            assert out[i - 1].role == "assistant" and out[i].group == LABEL_GROUP_TEXT
             assert i > 2  # after the first exchange (which holds the image)
         else:
-            assert out[i].group in (GROUP_VQ, GROUP_PX)
-    assert sorted(out[i].group for i in extra if out[i].role == "assistant") == [GROUP_VQ, GROUP_PX]
+            assert out[i].group in (LABEL_GROUP_VQ, LABEL_GROUP_PX)
+    assert sorted(out[i].group for i in extra if out[i].role == "assistant") == [
+        LABEL_GROUP_VQ,
+        LABEL_GROUP_PX,
+    ]
 
 
 def test_answers_are_the_targets_named_by_the_questions():
@@ -260,7 +264,7 @@ def test_answers_are_the_targets_named_by_the_questions():
     for seed in range(20):
         out = _insert(_conversation(1), seed=seed, image=image, grid=grid)
         for q, a in itertools.pairwise(out):
-            if a.group == GROUP_VQ:
+            if a.group == LABEL_GROUP_VQ:
                 got = parse_vq_answer(a.text)
                 matches = [
                     (r, c)
@@ -270,7 +274,7 @@ def test_answers_are_the_targets_named_by_the_questions():
                     and f"row {r}" in q.text.replace("rows", "row")
                 ]
                 assert matches, (q.text, a.text)
-            elif a.group == GROUP_PX:
+            elif a.group == LABEL_GROUP_PX:
                 got = parse_px_answer(a.text)
                 assert got.shape == (2, 2, 3)
                 matches = [
@@ -348,13 +352,13 @@ def test_probabilities_are_respected():
     n, vq, px, both_orders = 4000, 0, 0, set()
     for i in range(n):
         out = _insert(_conversation(1), record_id=f"r{i}", settings=settings)
-        groups = [t.group for t in out if t.group != GROUP_TEXT]
-        vq += GROUP_VQ in groups
-        px += GROUP_PX in groups
+        groups = [t.group for t in out if t.group != LABEL_GROUP_TEXT]
+        vq += LABEL_GROUP_VQ in groups
+        px += LABEL_GROUP_PX in groups
         if len(groups) == 2:
             both_orders.add(tuple(groups))  # one boundary only: both pairs share it
     assert abs(vq / n - 0.3) < 0.04 and abs(px / n - 0.7) < 0.04
-    assert both_orders == {(GROUP_VQ, GROUP_PX), (GROUP_PX, GROUP_VQ)}
+    assert both_orders == {(LABEL_GROUP_VQ, LABEL_GROUP_PX), (LABEL_GROUP_PX, LABEL_GROUP_VQ)}
     none = CognitionSettings(p_vq=0.0, p_px=0.0)
     assert all(
         _insert(_conversation(2), record_id=f"r{i}", settings=none) == _conversation(2) for i in range(50)
@@ -388,10 +392,10 @@ def test_hook_looks_up_vq_only_when_asked():
     record = Record(id="x", dataset="d", index=0, image="a.png", turns=_conversation(2))
     hook = CognitionHook(CognitionSettings(p_vq=0.0, p_px=1.0), seed=0, vq_lookup=lookup)
     out = hook(record, _image(), epoch=0)
-    assert calls == [] and sum(t.group == GROUP_PX for t in out) == 1
+    assert calls == [] and sum(t.group == LABEL_GROUP_PX for t in out) == 1
     hook = CognitionHook(CognitionSettings(p_vq=1.0, p_px=0.0, vq_format="special"), seed=0, vq_lookup=lookup)
     out = hook(record, _image(), epoch=0)
-    assert calls == ["x"] and "<vq_" in next(t.text for t in out if t.group == GROUP_VQ)
+    assert calls == ["x"] and "<vq_" in next(t.text for t in out if t.group == LABEL_GROUP_VQ)
 
 
 def test_settings_map_from_the_config():

@@ -17,8 +17,9 @@ from vlsa_platform.data.images import padded_canvas, prepare_image, recon_target
 from vlsa_platform.data.mixture import MixturePlan, MixtureSource
 from vlsa_platform.data.records import load_image
 from vlsa_platform.data.targets import CachedTargets, FrozenTargets, TargetCache, file_digest, recon_transform
-from vlsa_platform.data.types import GROUP_PX, GROUP_VQ, BadSample, Record, Turn
-from vlsa_platform.model.modeling_vlsa import IGNORE_INDEX, VLSAForConditionalGeneration, grids_to_tensor
+from vlsa_platform.data.types import BadSample, Record, Turn
+from vlsa_platform.model.markers import IGNORE_INDEX, LABEL_GROUP_PX, LABEL_GROUP_VQ
+from vlsa_platform.model.modeling_vlsa import VLSAForConditionalGeneration, grids_to_tensor
 from vlsa_platform.model.presets import build_vlsa_config
 from vlsa_platform.model.tiling import plan_grid, tile_image
 from vlsa_platform.model.tokenizer import load_tokenizer
@@ -215,9 +216,9 @@ def test_the_real_model_trains_on_a_collated_mixed_batch(tok, config, image_root
     assert ds.skip_counts() == {} and not any(s.truncated for s in samples)
     assert samples[1].label_groups.eq(0).all()  # text-only samples get no cognition turns
     for s in (samples[0], samples[2], samples[3]):
-        assert set(s.label_groups.unique().tolist()) == {0, GROUP_VQ, GROUP_PX}
+        assert set(s.label_groups.unique().tolist()) == {0, LABEL_GROUP_VQ, LABEL_GROUP_PX}
     batch = collate(samples, tok.pad_token_id)
-    assert (batch["label_groups"] == GROUP_VQ).any() and (batch["label_groups"] == GROUP_PX).any()
+    assert (batch["label_groups"] == LABEL_GROUP_VQ).any() and (batch["label_groups"] == LABEL_GROUP_PX).any()
     torch.manual_seed(0)
     model = VLSAForConditionalGeneration(config)
     out = model(**batch, generator=torch.Generator().manual_seed(0))

@@ -23,7 +23,8 @@ from vlsa_platform.data.targets import (
     fingerprint,
     image_digest,
 )
-from vlsa_platform.data.types import GROUP_VQ, Record, Turn
+from vlsa_platform.data.types import Record, Turn
+from vlsa_platform.model.markers import LABEL_GROUP_VQ
 from vlsa_platform.model.presets import build_vlsa_config
 from vlsa_platform.model.reconstruction import ReconstructionObjective
 from vlsa_platform.orchestration.targets import decode_image, fill_cache
@@ -199,7 +200,7 @@ def test_cognition_hook_reads_vq_targets_through_the_cache(tmp_path, frozen):
     )
     image = decode_image((images / name).read_bytes())
     first = hook(record, image, 0)
-    assert hook(record, image, 0) == first and sum(t.group == GROUP_VQ for t in first) == 1
+    assert hook(record, image, 0) == first and sum(t.group == LABEL_GROUP_VQ for t in first) == 1
     assert targets.cache.computed == 1 and targets.cache.reused == 1
     assert file_digest(images / name) == image_digest((images / name).read_bytes())
 

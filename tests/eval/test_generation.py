@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlsa_platform.data.types import GROUP_TEXT, GROUP_VQ
 from vlsa_platform.eval.generation import greedy_answer, greedy_answers
 from vlsa_platform.eval.questions import HeldOutSample, samples_from_batch
 from vlsa_platform.eval.validation import GenerationSettings, SampleCollector, Tally, decode_samples
+from vlsa_platform.model.markers import LABEL_GROUP_TEXT, LABEL_GROUP_VQ
 
 
 def _settings(tokenizer, model, samples: int = 8) -> GenerationSettings:
@@ -60,7 +60,7 @@ def teach(model, sample: HeldOutSample, steps: int = 400) -> None:
 def test_greedy_answer_follows_the_forward_with_the_image_spliced_in(model, tokenizer, held_out_batch):
     settings = _settings(tokenizer, model)
     sample = next(s for s in _held(held_out_batch, settings) if s.has_image)
-    answer = sample.first(GROUP_TEXT)
+    answer = sample.first(LABEL_GROUP_TEXT)
     tokens = greedy_answer(model, sample, answer, max_new_tokens=6, stop_ids=settings.stop_ids)
     assert len(tokens) == 6  # random weights: no end of turn
     # Teacher forcing the prompt plus the answer: each answer token is the argmax after the one before.
@@ -99,12 +99,12 @@ def test_scores_are_perfect_for_the_models_own_answers_and_drop_for_others(model
         )
         return dataclasses.replace(sample, answers=answers)
 
-    vq_text = tokenizer.decode(sample.first(GROUP_VQ).reference)
+    vq_text = tokenizer.decode(sample.first(LABEL_GROUP_VQ).reference)
     first_number = vq_text.split()[0]
     one_cell_off = vq_text.replace(first_number, str(int(first_number) + 1), 1)
     wrong = Tally()
-    decode_samples(model, [other_reference(GROUP_TEXT, "a purple elephant")], settings, wrong)
-    decode_samples(model, [other_reference(GROUP_VQ, one_cell_off)], settings, wrong)
+    decode_samples(model, [other_reference(LABEL_GROUP_TEXT, "a purple elephant")], settings, wrong)
+    decode_samples(model, [other_reference(LABEL_GROUP_VQ, one_cell_off)], settings, wrong)
     assert wrong.exact_correct == 1 and wrong.exact_total == 2  # only the untouched sample's answer matches
     assert (wrong.vq_correct, wrong.vq_total) == (16 + 15, 32)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from vlsa_platform.data.dataset import VLSADataset, collate
-from vlsa_platform.data.types import GROUP_PX, GROUP_TEXT, GROUP_VQ, Record, Turn
+from vlsa_platform.data.types import Record, Turn
 from vlsa_platform.eval.questions import samples_from_batch
-from vlsa_platform.model.tokenizer import EOT_TOKEN
+from vlsa_platform.model.markers import EOT_TOKEN, LABEL_GROUP_PX, LABEL_GROUP_TEXT, LABEL_GROUP_VQ
+from vlsa_platform.train.batches import StageData, cognition_hook
 from vlsa_platform.train.build import build_tokenizer
-from vlsa_platform.train.data import StageData, cognition_hook
 
 from .helpers import tiny_experiment
 
@@ -45,12 +45,16 @@ def test_answers_prompts_and_images_per_sample(held_out_batch, base_model, token
     with_image = [one for one in held if one.has_image]
     assert with_image and len(with_image) < len(held)
     for one in with_image:  # the cognition hook put a VQ and a pixel question in each
-        assert {one.first(GROUP_TEXT).group, one.first(GROUP_VQ).group, one.first(GROUP_PX).group} == {
+        assert {
+            one.first(LABEL_GROUP_TEXT).group,
+            one.first(LABEL_GROUP_VQ).group,
+            one.first(LABEL_GROUP_PX).group,
+        } == {
             0,
             1,
             2,
         }
-    assert all(one.first(GROUP_VQ) is None for one in held if not one.has_image)
+    assert all(one.first(LABEL_GROUP_VQ) is None for one in held if not one.has_image)
 
 
 def test_an_answer_cut_by_truncation_is_incomplete(base_model, tokenizer, held_out_batch):
@@ -69,7 +73,7 @@ def test_an_answer_cut_by_truncation_is_incomplete(base_model, tokenizer, held_o
     assert sample.truncated
     (one,) = _split(collate([sample], tokenizer.pad_token_id), base_model, tokenizer)
     (answer,) = one.answers
-    assert not answer.complete and one.first(GROUP_TEXT) is None
+    assert not answer.complete and one.first(LABEL_GROUP_TEXT) is None
     assert answer.start + len(answer.reference) == len(sample)
 
 
@@ -101,7 +105,7 @@ def test_validation_samples_get_the_same_cognition_questions_on_every_pass(base_
             (i, tokenizer.decode(a.reference))
             for i, s in enumerate(held)
             for a in s.answers
-            if a.group == GROUP_PX
+            if a.group == LABEL_GROUP_PX
         ]
 
     first = pixel_answers()

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..ports import HOST, free_ports
+from ..services import HOST, free_ports, spawn, started, stop_group, wait_ready
 
 STARTUP_TIMEOUT_S = 120.0
 """Bound on the head coming up (the Jobs API answering); a loaded 2-core machine takes 10-30 s."""
@@ -61,13 +61,6 @@ class RayHead:
         """The session's log folder (``job-driver-<id>.log``, ``dashboard.log``…), once it exists."""
         found = sorted(self.temp_dir.glob("session_*/logs"))
         return found[-1] if found else None
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
 
 
 def _answers(url: str, token: str) -> bool:
@@ -99,14 +92,7 @@ def _stop(proc: subprocess.Popen[bytes], temp_dir: Path, grace_s: float = 3.0) -
     """SIGTERM to the ``ray start --block`` group, SIGKILL after ``grace_s`` (a graceful Ray teardown takes
     15 s or more and nothing here needs it), then SIGKILL to any process of this head left outside the group
     (one whose command line names its temporary folder)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    stop_group(proc, grace_s)
     deadline = time.monotonic() + 10
     while (left := _pids_naming(str(temp_dir))) and time.monotonic() < deadline:
         for pid in left:
@@ -180,16 +166,7 @@ def _start(
     )
     head_env.update(env)
     log_path = root / "ray-start.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=root,
-            env=head_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = spawn(cmd, cwd=root, log_path=log_path, env=head_env)
     head = RayHead(
         address=f"http://{HOST}:{dashboard}",
         gcs_address=f"{HOST}:{gcs}",
@@ -221,42 +198,30 @@ def ray_head(
     root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(24)
     deadline = time.monotonic() + startup_timeout_s
-    error = ""
-    for attempt in range(2):  # a port picked free may be taken before Ray binds it: try once more
+
+    def start(attempt: int) -> tuple[subprocess.Popen[bytes], RayHead]:
         folder = root / f"head{attempt}"
         folder.mkdir(exist_ok=True)
-        proc, head = _start(folder, token, num_cpus, resources, env or {})
-        try:
-            error = _wait_ready(proc, head, deadline)
-        except BaseException:
-            _finish(proc, head, folder)
-            raise
-        if error:
-            _finish(proc, head, folder)
-            if time.monotonic() >= deadline:
-                break
-            continue
-        try:
-            yield head
-        finally:
-            _finish(proc, head, folder)
-        return
-    raise RuntimeError(f"could not start a Ray head: {error}")
+        return _start(folder, token, num_cpus, resources, env or {})
+
+    def ready(proc: subprocess.Popen[bytes], head: RayHead) -> str:
+        """Until the Jobs API answers an authenticated request."""
+        return wait_ready(
+            proc,
+            lambda: _answers(head.address, head.token),
+            deadline,
+            what="`ray start` (its Jobs API)",
+            log_path=head.log_path,
+            poll_s=0.5,
+        )
+
+    with started(start, ready, _finish, deadline=deadline, what="a Ray head") as head:
+        yield head
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], head: RayHead, deadline: float) -> str:
-    """Until the Jobs API answers an authenticated request; ``""`` when it does, else why not."""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"`ray start` exited with {proc.returncode}:\n{_tail(head.log_path)}"
-        if _answers(head.address, head.token):
-            return ""
-        time.sleep(0.5)
-    return f"the Jobs API at {head.address} did not answer in time:\n{_tail(head.log_path)}"
-
-
-def _finish(proc: subprocess.Popen[bytes], head: RayHead, folder: Path) -> None:
+def _finish(proc: subprocess.Popen[bytes], head: RayHead) -> None:
     """Stop the head, keep its session logs beside the test's files, remove its temporary folder."""
+    folder = head.log_path.parent
     try:
         _stop(proc, head.temp_dir)
     finally:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from vlsa_platform import cli
-from vlsa_platform.orchestration.records import find
+from vlsa_platform import cli, exits
+from vlsa_platform.orchestration.ledger import find
 from vlsa_platform.tracking import names
 
 ray = pytest.importorskip("ray")
@@ -95,13 +95,13 @@ def test_a_plan_the_model_side_refuses_is_exit_2_and_records_nothing(workdir, ca
     """The plan's model-side check (LoRA targets the tiny LLM lacks) runs while Ray and the MLflow server
     start: the refusal names the problem, exits 2, records no submission, starts no trial, and leaves Ray
     as it found it (first in the module, so this submission started and must stop its own)."""
-    from vlsa_platform.orchestration.records import all_records
+    from vlsa_platform.orchestration.ledger import all_records
 
     was_up = ray.is_initialized()
     status = submit(
         workdir, "loss_ratio_sweep.yaml", "model.lora.enabled=true", "model.lora.target_modules=[nope]"
     )
-    assert status == cli.EXIT_CONFIG
+    assert status == exits.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "model:" in err and "nope" in err
     assert all_records(workdir) == []
@@ -132,9 +132,9 @@ def test_loss_ratio_sweep_stops_worse_trials_and_resumes(local_cluster, workdir,
     few steps, and ASHA keeps trials that tie."""
     stop_after = 2
     ended: list[str] = []
-    import vlsa_platform.orchestration.reporting as reporting
+    import vlsa_platform.orchestration.progress as progress
 
-    line = reporting.ProgressCallback._line
+    line = progress.ProgressCallback._line
 
     def watching(self, row, what):
         line(self, row, what)
@@ -145,9 +145,9 @@ def test_loss_ratio_sweep_stops_worse_trials_and_resumes(local_cluster, workdir,
 
     sets = ("sweep.max_concurrent_trials=1", "sweep.scheduler.grace_period=1", "sweep.metric=loss/total")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reporting.ProgressCallback, "_line", watching)
+        mp.setattr(progress.ProgressCallback, "_line", watching)
         status = submit(workdir, "loss_ratio_sweep.yaml", *sets)
-    assert status == cli.EXIT_INTERRUPTED
+    assert status == exits.EXIT_INTERRUPTED
     record = find(workdir)
     assert record.state == "STOPPED"
     first = {t["name"]: t for t in record.trials()}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vlsa_platform.config.loader import load_experiment
-from vlsa_platform.orchestration import sweep
+from vlsa_platform.orchestration import decisions, sweep
 from vlsa_platform.orchestration.submission import _fits, trial_resources
 
 pytest.importorskip("ray.tune")
@@ -68,13 +68,13 @@ def test_asha_rungs_count_validations():
     config = load("loss_ratio_sweep.yaml", "data.validation.every_steps=2")
     # 3 steps a stage, validation every 2 steps and at each stage end: 2 per stage.
     assert sweep.validations_per_run(config) == 6
-    asha = sweep.scheduler(config)
+    asha = decisions.scheduler(config)
     assert isinstance(asha, ASHAScheduler)
     assert asha._time_attr == "training_iteration"
     assert asha._max_t == 5  # no rung at the last validation: the trial's work is done there
     # grace period 2, reduction factor 2: rungs at 2 and 4 validations.
     assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [2, 4]
-    assert isinstance(sweep.scheduler(load("vlsa_paper.yaml")), FIFOScheduler)
+    assert isinstance(decisions.scheduler(load("vlsa_paper.yaml")), FIFOScheduler)
 
 
 def test_validations_unknown_when_a_stage_length_is_not():
@@ -85,7 +85,7 @@ def test_validations_unknown_when_a_stage_length_is_not():
         overrides=["stages.stage2.epochs=1", "stages.stage2.steps=null"],
     )
     assert sweep.validations_per_run(config) is None
-    assert sweep.scheduler(config)._max_t == sweep.UNKNOWN_MAX_T
+    assert decisions.scheduler(config)._max_t == decisions.UNKNOWN_MAX_T
 
 
 def test_trial_runs_carry_their_values():

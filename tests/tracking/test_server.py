@@ -4,7 +4,6 @@ One server for the module (startup takes seconds), launched and then waited for 
 test kills it, so it stays last in the file.
 """
 
-import time
 import urllib.request
 
 import numpy as np
@@ -185,7 +184,8 @@ def test_a_run_ended_by_someone_else_keeps_that_end_until_reopened(store, parent
 
 
 def test_server_killed_mid_run_costs_metrics_not_the_run(server, store, parent_id):
-    """Must stay the last test of the module: it stops the module's server."""
+    """Must stay the last test of the module: it stops the module's server. How long a log call and the close
+    take then is measured by ``benchmarks/tracking_latency.py`` (no wall-clock bound here)."""
     tracker = Tracker.start_child(
         parent_id, "killed", store=store, options=TrackerOptions(backoff_s=0.05, close_timeout_s=3.0)
     )
@@ -193,24 +193,13 @@ def test_server_killed_mid_run_costs_metrics_not_the_run(server, store, parent_i
     assert tracker.flush(20)
     server.stop()
 
-    worst = 0.0
     image = np.zeros((64, 64, 3), np.uint8)
     for step in range(1, 301):
-        start = time.perf_counter()
         tracker.log_metrics({key: float(step) for key in names.METRICS}, step=step)
         if step % 50 == 0:
             tracker.log_image(image, names.recon_artifact(step))
             tracker.set_tags({"vlsa.note": f"step {step}"})
-        worst = max(worst, time.perf_counter() - start)
-        time.sleep(0.002)  # a (very fast) training step
-    start = time.perf_counter()
     finished = tracker.close(timeout=3.0)
-    closing = time.perf_counter() - start
-    print(
-        f"\nserver down: slowest log call {worst * 1e3:.2f} ms, close {closing:.2f} s, stats {tracker.stats()}"
-    )
-    assert worst < 0.05
-    assert closing < 3.5
     assert not finished and tracker.dropped > 0
     # Calls after close are accepted and counted, never raised.
     tracker.log_metrics({names.LOSS_TOTAL: 0.0}, step=999)

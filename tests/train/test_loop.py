@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlsa_platform.config.loader import load_experiment
-from vlsa_platform.orchestration.plan import expand_runs, plan_run
+from vlsa_platform.orchestration.plan import expand_runs, plan_run, stage_placements
 from vlsa_platform.tracking import names
 from vlsa_platform.train.build import WEIGHTS_FILE
 from vlsa_platform.train.loop import EXPORT_DIR, LocalContext, StageSpec, run_stage
@@ -37,12 +37,14 @@ def _spec(tmp_path, zero_stage: int = 2) -> StageSpec:
             "model.gradient_checkpointing=false",
         ],
     )
-    planned = plan_run(expand_runs(config)[0])["stages"][0]
+    run = expand_runs(config)[0]
+    placements = stage_placements(run)
+    planned = plan_run(run, placements)["stages"][0]
     return StageSpec(
         config=config.resolved(),
         stage="stage1",
         stage_index=0,
-        placement=planned["placement"],
+        placement=placements["stage1"],
         steps=planned["steps"],
         step_offset=10,
         target_cache=str(tmp_path / "targets"),

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlsa_platform.config.loader import load_experiment
-from vlsa_platform.orchestration.plan import expand_runs, plan_run
+from vlsa_platform.orchestration.plan import expand_runs, stage_placements
 from vlsa_platform.tracking.store import free_port
 from vlsa_platform.train.build import WEIGHTS_FILE
 from vlsa_platform.train.loop import EXPORT_DIR, StageSpec, run_stage
@@ -55,10 +55,8 @@ def test_stage_trains_in_bf16_and_resumes_on_a_gpu(nccl, tmp_path, zero_stage):
             "data.validation.sampling=first:4",
         ],
     )
-    planned = plan_run(expand_runs(config)[0])["stages"][2]
-    spec = StageSpec(
-        config=config.resolved(), stage="stage3", stage_index=2, placement=planned["placement"], steps=4
-    )
+    placement = stage_placements(expand_runs(config)[0])["stage3"]
+    spec = StageSpec(config=config.resolved(), stage="stage3", stage_index=2, placement=placement, steps=4)
     ctx = CrashingContext(root=str(tmp_path))
     with pytest.raises(Interrupt):
         run_stage(spec, ctx)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlsa_platform.config.schema import LearningRates
+from vlsa_platform.cluster import CPU, derive_placement
+from vlsa_platform.config.schema import LearningRates, Placement
 from vlsa_platform.model.parts import frozen_state, set_trainable
 from vlsa_platform.tracking.store import free_port
 from vlsa_platform.train.schedules import build_lr_scheduler
@@ -107,7 +108,10 @@ def test_param_groups_per_part_lrs_and_no_frozen_params():
 
 
 def test_ds_config_from_placement():
-    placement = {"num_workers": 2, "zero_stage": 3, "offload": "optimizer", "micro_batch": 2, "grad_accum": 4}
+    written = Placement(
+        num_workers=2, zero_stage=3, offload="optimizer", micro_batch=2, grad_accum=4, global_batch=16
+    )
+    placement = derive_placement(written, CPU)
     strategy = DeepSpeedStrategy.from_placement(placement, bf16=True, max_grad_norm=None)
     config = strategy.ds_config
     assert config["train_batch_size"] == 16 and config["train_micro_batch_size_per_gpu"] == 2

@@ -1,4 +1,4 @@
-"""``train.loop.evaluate`` through a DeepSpeed engine (one gloo rank, this package's ``dist``): every validation
+"""``train.validate.evaluate`` through a DeepSpeed engine (one gloo rank, this package's ``dist``): every validation
 metric in one pass (the metrics themselves: ``tests/eval``).
 
 ZeRO-3 partitions the parameters even on one rank (each module gathers its own in its forward hook), so the
@@ -17,10 +17,10 @@ import torch
 from vlsa_platform.eval.validation import GenerationSettings
 from vlsa_platform.model.parts import set_trainable
 from vlsa_platform.tracking import names
+from vlsa_platform.train.batches import StageData
 from vlsa_platform.train.build import build_model, build_tokenizer
-from vlsa_platform.train.data import StageData
-from vlsa_platform.train.loop import evaluate
 from vlsa_platform.train.strategy import DeepSpeedStrategy, param_groups
+from vlsa_platform.train.validate import evaluate
 
 from ..eval.helpers import cognition_everywhere, tiny_experiment
 from .distributed import join_gloo
@@ -127,7 +127,7 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     from vlsa_platform.data.records import dataset_location, read_records
     from vlsa_platform.eval.questions import samples_from_batch
     from vlsa_platform.eval.validation import Tally, decode_samples
-    from vlsa_platform.train import loop
+    from vlsa_platform.train.metrics import all_reduce
 
     torch.set_num_threads(1)
     join_gloo(rank, 2, port, timeout_s=120)  # a hung collective fails after two minutes, not never
@@ -157,9 +157,9 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     batch = collate([dataset[0], dataset[1]], tokenizer.pad_token_id)
     samples = samples_from_batch(batch, settings.image_token_id, settings.stop_ids[0])
     synced, alone = Tally(), Tally()
-    sync = functools.partial(loop._all_reduce, device=strategy.device, op=torch.distributed.ReduceOp.MAX)
+    sync = functools.partial(all_reduce, device=strategy.device, op=torch.distributed.ReduceOp.MAX)
     strategy.engine.eval()
-    with loop._own_parameters_gathered(strategy, strategy.engine.module):
+    with strategy.gathered(strategy.engine.module, recurse=False):
         calls = decode_samples(strategy.engine.module, samples, settings, synced, sync=sync)
     decode_samples(plain, samples, settings, alone)
 

@@ -190,8 +190,9 @@ def cost_per_hour(accelerator: AcceleratorClass, num_workers: int) -> float | No
 def gpu_hours(accelerator: AcceleratorClass, num_workers: int, seconds: float) -> float:
     """Device-hours used by ``num_workers`` workers for ``seconds`` (the ``cost/gpu_hours`` metric); 0 on CPU.
 
-    A class simulated on CPU workers (``use_gpu: false`` with an ``accelerator_type``) counts as that class."""
-    if accelerator is CPU:
+    A class simulated on CPU workers (``use_gpu: false`` with an ``accelerator_type``) counts as that class.
+    Compared by value: a class read back from a stage's spec (``ResolvedPlacement.from_dict``) is a copy."""
+    if accelerator == CPU:
         return 0.0
     return num_workers * seconds / 3600.0
 

@@ -15,12 +15,16 @@ So the same stage on 8 A10Gs and on 8 H100s runs the same global batch and the s
 accumulation steps and a higher ZeRO stage on the smaller card. Fields the file sets are kept; if the
 estimate says they do not fit, the result carries a warning rather than a silent change. Workers without a
 known accelerator class (``use_gpu: false`` or no ``accelerator_type``) get the defaults of
-:meth:`~vlsa_platform.config.schema.Placement.resolved` (ZeRO-2, micro-batch 1), as ``--scale tiny`` expects.
+:func:`_memoryless_defaults` (ZeRO-2, micro-batch 1), as ``--scale tiny`` expects.
+
+The :class:`ResolvedPlacement` is the one placement object from the plan to the worker: the orchestration
+derives it once per run, hands it to each stage's workers (:meth:`~ResolvedPlacement.to_dict` /
+:meth:`~ResolvedPlacement.from_dict` across the Ray boundary), and the training strategy takes it as it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config.errors import ConfigError
@@ -41,6 +45,9 @@ ZERO_ORDER: tuple[tuple[int, Offload], ...] = (
     (3, "optimizer"),
     (3, "optimizer_and_params"),
 )
+
+#: The fields a file may leave open, in the order the plan lists the derived ones.
+OPEN_FIELDS = ("zero_stage", "offload", "micro_batch", "grad_accum")
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,27 @@ class ResolvedPlacement:
             "hourly_usd": None if hourly is None else round(hourly, 2),
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-able (the accelerator class and memory estimate as nested dicts): what crosses
+        the Ray boundary in a stage's spec. :meth:`from_dict` reads it back as an equal object."""
+        data = asdict(self)
+        data["derived"], data["warnings"] = list(self.derived), list(self.warnings)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResolvedPlacement:
+        """The placement :meth:`to_dict` wrote (equal to the one it was written from)."""
+        memory = data.get("memory")
+        return cls(
+            **{
+                **data,
+                "accelerator": AcceleratorClass(**data["accelerator"]),
+                "memory": None if memory is None else MemoryEstimate(**memory),
+                "derived": tuple(data.get("derived", ())),
+                "warnings": tuple(data.get("warnings", ())),
+            }
+        )
+
     def scaling_config_kwargs(self) -> dict[str, Any]:
         """Arguments of Ray Train's ``ScalingConfig`` for this placement: ``accelerator_type`` makes Ray ask
         each worker for ``accelerator_type:<TYPE>`` (see :func:`~.accelerators.ray_resources`), which is also
@@ -122,6 +150,146 @@ def _powers_of_two_dividing(n: int) -> list[int]:
     return out[::-1]
 
 
+# ------------------------------------------------------------------------------------------ batch arithmetic
+
+
+def _per_worker(placement: Placement, where: str) -> int:
+    """Samples per worker per optimizer step; ``ConfigError`` unless the workers share the batch evenly."""
+    workers, global_batch = placement.num_workers, placement.global_batch
+    if global_batch % workers:
+        raise ConfigError(
+            f"{where}.global_batch: global_batch {global_batch} is not a multiple of num_workers {workers}, so "
+            "the workers cannot share it evenly"
+        )
+    return global_batch // workers
+
+
+def _micro_batch_given(placement: Placement, per_worker: int, where: str) -> int | None:
+    """The micro-batch the file fixes: as written, or from its ``grad_accum``; ``None`` = open."""
+    if placement.micro_batch is not None or placement.grad_accum is None:
+        return placement.micro_batch
+    if per_worker % placement.grad_accum:
+        raise ConfigError(
+            f"{where}.grad_accum: global_batch {placement.global_batch} / num_workers {placement.num_workers} "
+            f"= {per_worker} is not a multiple of grad_accum {placement.grad_accum}"
+        )
+    return per_worker // placement.grad_accum
+
+
+def _grad_accum(placement: Placement, per_worker: int, micro_batch: int, where: str) -> int:
+    """``global_batch / (micro_batch x num_workers)``; ``ConfigError`` if not whole or not the file's."""
+    workers, global_batch = placement.num_workers, placement.global_batch
+    if per_worker % micro_batch:
+        raise ConfigError(
+            f"{where}.micro_batch: global_batch {global_batch} is not a multiple of micro_batch "
+            f"{micro_batch} x num_workers {workers} = {micro_batch * workers}"
+        )
+    accum = per_worker // micro_batch
+    if placement.grad_accum is not None and placement.grad_accum != accum:
+        raise ConfigError(
+            f"{where}.grad_accum: grad_accum {placement.grad_accum} disagrees with global_batch "
+            f"{global_batch} / (micro_batch {micro_batch} x num_workers {workers}) = {accum}"
+        )
+    return accum
+
+
+# ------------------------------------------------------------------------------------ ZeRO stage and offload
+
+
+def _memoryless_defaults(placement: Placement, micro: int | None) -> tuple[int, Offload, int]:
+    """``(zero_stage, offload, micro_batch)`` with no memory to plan against (CPU workers, any GPU): the file's
+    fields, else ZeRO-2 (3 with parameter offload), no offload, micro-batch 1."""
+    offload: Offload = placement.offload or "none"
+    zero = placement.zero_stage
+    if zero is None:
+        zero = 3 if offload == "optimizer_and_params" else 2
+    return zero, offload, 1 if micro is None else micro
+
+
+def _candidates(placement: Placement, where: str) -> list[tuple[int, Offload]]:
+    """The entries of :data:`ZERO_ORDER` the file's ``zero_stage`` and ``offload`` allow."""
+    candidates = [
+        (z, o)
+        for z, o in ZERO_ORDER
+        if (placement.zero_stage is None or z == placement.zero_stage)
+        and (placement.offload is None or o == placement.offload)
+    ]
+    if not candidates:
+        raise ConfigError(
+            f"{where}.offload: offload {placement.offload} does not go with zero_stage {placement.zero_stage} "
+            "(optimizer offload needs ZeRO >= 1, parameter offload ZeRO-3)"
+        )
+    return candidates
+
+
+def _fitted(
+    placement: Placement,
+    accelerator: AcceleratorClass,
+    needs: StageNeeds,
+    micro: int | None,
+    per_worker: int,
+    where: str,
+) -> tuple[int, Offload, int, tuple[str, ...]]:
+    """``(zero_stage, offload, micro_batch, warnings)``: the fastest settings whose estimate fits the class's
+    memory (module docs), with a warning when even they do not."""
+    assert accelerator.memory_gib is not None
+    budget = accelerator.memory_gib * GIB
+
+    workers = placement.num_workers
+
+    def total(zero: int, offload: Offload, micro_batch: int) -> float:
+        return estimate(
+            needs, zero_stage=zero, offload=offload, num_workers=workers, micro_batch=micro_batch
+        ).total
+
+    candidates = _candidates(placement, where)
+    smallest = micro or 1
+    # Nothing fits: with the micro-batch open, the most memory-saving settings (the best the plan can offer);
+    # with the file's micro-batch (the lever the warning points at), the fastest — offloading would not help.
+    fallback = candidates[-1] if micro is None else candidates[0]
+    zero, offload = next(((z, o) for z, o in candidates if total(z, o, smallest) <= budget), fallback)
+    if micro is None:
+        sizes = _powers_of_two_dividing(per_worker)
+        micro = next((m for m in sizes if total(zero, offload, m) <= budget), 1)
+    need = total(zero, offload, micro)
+    if need <= budget:
+        return zero, offload, micro, ()
+    warning = _overflow_warning(placement, accelerator, needs, (zero, offload, micro), need, where)
+    return zero, offload, micro, (warning,)
+
+
+def _overflow_warning(
+    placement: Placement,
+    accelerator: AcceleratorClass,
+    needs: StageNeeds,
+    settings: tuple[int, Offload, int],
+    need: float,
+    where: str,
+) -> str:
+    """The plan's warning when the estimate at ``settings`` (zero stage, offload, micro-batch) exceeds the
+    class's memory, pointing at the lever: the fields the file fixed, or more/larger devices."""
+    zero, offload, micro = settings
+    fixed = [f"{f} {getattr(placement, f)}" for f in OPEN_FIELDS if getattr(placement, f) is not None]
+    if fixed:
+        advice = (
+            f"set in the file: {', '.join(fixed)}; leave them null to have them derived, or use more "
+            "workers or a larger accelerator class"
+        )
+    else:
+        advice = (
+            "even with the most memory-saving settings; use more workers, a larger accelerator class, a "
+            "shorter data.max_length or LoRA"
+        )
+    return (
+        f"{where}: about {need / GIB:.1f} GiB per GPU at zero_stage {zero}, offload {offload}, micro_batch "
+        f"{micro} (sequences of {needs.sequence_length} tokens) — more than {accelerator.name}'s "
+        f"{accelerator.memory_gib:.1f} GiB ({advice})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the whole
+
+
 def derive_placement(
     placement: Placement,
     accelerator: AcceleratorClass,
@@ -142,130 +310,38 @@ def derive_placement(
         ConfigError: naming the field when the batch arithmetic is impossible (``global_batch`` not a
             multiple of ``num_workers``, ``grad_accum`` that disagrees).
     """
-    workers, global_batch = placement.num_workers, placement.global_batch
-    if global_batch % workers:
-        raise ConfigError(
-            f"{where}.global_batch: global_batch {global_batch} is not a multiple of num_workers {workers}, so "
-            "the workers cannot share it evenly"
-        )
-    per_worker = global_batch // workers
-    use_gpu = placement.use_gpu if placement.use_gpu is not None else placement.accelerator_type is not None
-    derived: list[str] = []
-
-    micro = placement.micro_batch
-    if micro is None and placement.grad_accum is not None:
-        if per_worker % placement.grad_accum:
-            raise ConfigError(
-                f"{where}.grad_accum: global_batch {global_batch} / num_workers {workers} = {per_worker} is "
-                f"not a multiple of grad_accum {placement.grad_accum}"
-            )
-        micro = per_worker // placement.grad_accum
-        derived.append("micro_batch")
-
-    def finish(zero: int, offload: Offload, micro_batch: int, warnings: list[str]) -> ResolvedPlacement:
-        if per_worker % micro_batch:
-            raise ConfigError(
-                f"{where}.micro_batch: global_batch {global_batch} is not a multiple of micro_batch "
-                f"{micro_batch} x num_workers {workers} = {micro_batch * workers}"
-            )
-        accum = per_worker // micro_batch
-        if placement.grad_accum is not None and placement.grad_accum != accum:
-            raise ConfigError(
-                f"{where}.grad_accum: grad_accum {placement.grad_accum} disagrees with global_batch "
-                f"{global_batch} / (micro_batch {micro_batch} x num_workers {workers}) = {accum}"
-            )
-        if placement.grad_accum is None:
-            derived.append("grad_accum")
-        memory = None
-        if needs is not None:
-            memory = estimate(
-                needs, zero_stage=zero, offload=offload, num_workers=workers, micro_batch=micro_batch
-            )
-        fits = None
-        if memory is not None and accelerator.memory_gib is not None:
-            fits = memory.total <= accelerator.memory_gib * GIB
-        order = ("zero_stage", "offload", "micro_batch", "grad_accum")
-        return ResolvedPlacement(
-            accelerator=accelerator,
-            accelerator_type=placement.accelerator_type,
-            use_gpu=use_gpu,
-            num_workers=workers,
-            zero_stage=zero,
-            offload=offload,
-            micro_batch=micro_batch,
-            grad_accum=accum,
-            global_batch=global_batch,
-            derived=tuple(f for f in order if f in derived),
-            memory=memory,
-            fits=fits,
-            warnings=tuple(warnings),
-        )
-
+    per_worker = _per_worker(placement, where)
+    micro = _micro_batch_given(placement, per_worker, where)
+    warnings: tuple[str, ...] = ()
     if needs is None or accelerator.memory_gib is None:
-        # No memory to plan against: today's defaults (ZeRO-2, or 3 with parameter offload; micro-batch 1).
-        offload: Offload = placement.offload or "none"
-        zero = placement.zero_stage
-        if zero is None:
-            zero = 3 if offload == "optimizer_and_params" else 2
-        derived += [f for f in ("zero_stage", "offload") if getattr(placement, f) is None]
-        if micro is None:
-            micro = 1
-            derived.append("micro_batch")
-        return finish(zero, offload, micro, [])
-
-    budget = accelerator.memory_gib * GIB
-
-    def total(zero: int, offload: Offload, micro_batch: int) -> float:
-        return estimate(
-            needs, zero_stage=zero, offload=offload, num_workers=workers, micro_batch=micro_batch
-        ).total
-
-    candidates = [
-        (z, o)
-        for z, o in ZERO_ORDER
-        if (placement.zero_stage is None or z == placement.zero_stage)
-        and (placement.offload is None or o == placement.offload)
-    ]
-    if not candidates:
-        raise ConfigError(
-            f"{where}.offload: offload {placement.offload} does not go with zero_stage {placement.zero_stage} "
-            "(optimizer offload needs ZeRO >= 1, parameter offload ZeRO-3)"
+        zero, offload, micro = _memoryless_defaults(placement, micro)
+    else:
+        zero, offload, micro, warnings = _fitted(placement, accelerator, needs, micro, per_worker, where)
+    accum = _grad_accum(placement, per_worker, micro, where)
+    memory = None
+    if needs is not None:
+        memory = estimate(
+            needs, zero_stage=zero, offload=offload, num_workers=placement.num_workers, micro_batch=micro
         )
-    smallest = micro or 1
-    # Nothing fits: with the micro-batch open, the most memory-saving settings (the best the plan can offer);
-    # with the file's micro-batch (the lever the warning points at), the fastest — offloading would not help.
-    fallback = candidates[-1] if micro is None else candidates[0]
-    zero, offload = next(((z, o) for z, o in candidates if total(z, o, smallest) <= budget), fallback)
-    derived += [f for f in ("zero_stage", "offload") if getattr(placement, f) is None]
-    if micro is None:
-        derived.append("micro_batch")
-        sizes = _powers_of_two_dividing(per_worker)
-        micro = next((m for m in sizes if total(zero, offload, m) <= budget), 1)
-
-    warnings: list[str] = []
-    need = total(zero, offload, micro)
-    if need > budget:
-        fixed = [
-            f"{f} {getattr(placement, f)}"
-            for f in ("zero_stage", "offload", "micro_batch", "grad_accum")
-            if getattr(placement, f) is not None
-        ]
-        if fixed:
-            advice = (
-                f"set in the file: {', '.join(fixed)}; leave them null to have them derived, or use more "
-                "workers or a larger accelerator class"
-            )
-        else:
-            advice = (
-                "even with the most memory-saving settings; use more workers, a larger accelerator class, a "
-                "shorter data.max_length or LoRA"
-            )
-        warnings.append(
-            f"{where}: about {need / GIB:.1f} GiB per GPU at zero_stage {zero}, offload {offload}, micro_batch "
-            f"{micro} (sequences of {needs.sequence_length} tokens) — more than {accelerator.name}'s "
-            f"{accelerator.memory_gib:.1f} GiB ({advice})"
-        )
-    return finish(zero, offload, micro, warnings)
+    fits = None
+    if memory is not None and accelerator.memory_gib is not None:
+        fits = memory.total <= accelerator.memory_gib * GIB
+    use_gpu = placement.use_gpu if placement.use_gpu is not None else placement.accelerator_type is not None
+    return ResolvedPlacement(
+        accelerator=accelerator,
+        accelerator_type=placement.accelerator_type,
+        use_gpu=use_gpu,
+        num_workers=placement.num_workers,
+        zero_stage=zero,
+        offload=offload,
+        micro_batch=micro,
+        grad_accum=accum,
+        global_batch=placement.global_batch,
+        derived=tuple(f for f in OPEN_FIELDS if getattr(placement, f) is None),
+        memory=memory,
+        fits=fits,
+        warnings=warnings,
+    )
 
 
-__all__ = ["ZERO_ORDER", "ResolvedPlacement", "accelerator_for", "derive_placement"]
+__all__ = ["OPEN_FIELDS", "ZERO_ORDER", "ResolvedPlacement", "accelerator_for", "derive_placement"]

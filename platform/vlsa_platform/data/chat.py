@@ -30,9 +30,16 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..model.modeling_vlsa import IGNORE_INDEX
-from ..model.tokenizer import BOS_TOKEN, END_HEADER_TOKEN, EOT_TOKEN, IMAGE_PLACEHOLDER, START_HEADER_TOKEN
-from .types import GROUP_TEXT, BadSample, Turn
+from ..model.markers import (
+    BOS_TOKEN,
+    END_HEADER_TOKEN,
+    EOT_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    LABEL_GROUP_TEXT,
+    START_HEADER_TOKEN,
+)
+from .types import BadSample, Turn
 
 #: What separates a header from its content (``'<|end_header_id|>\n\n'`` in the template).
 _HEADER_SEPARATOR = "\n\n"
@@ -150,18 +157,18 @@ class ChatEncoder:
         return self._assemble(kept, truncated)
 
     def _assemble(self, blocks: list[_Block], truncated: bool) -> Encoded:
-        ids, labels, groups = [self.bos_id], [IGNORE_INDEX], [GROUP_TEXT]
+        ids, labels, groups = [self.bos_id], [IGNORE_INDEX], [LABEL_GROUP_TEXT]
         for b in blocks:
             body = b.content + ([self.eot_id] if b.eot else [])
             ids += b.header + body
             labels += [IGNORE_INDEX] * len(b.header)
-            groups += [GROUP_TEXT] * len(b.header)
+            groups += [LABEL_GROUP_TEXT] * len(b.header)
             if b.labelled:
                 labels += body
                 groups += [b.group] * len(body)
             else:
                 labels += [IGNORE_INDEX] * len(body)
-                groups += [GROUP_TEXT] * len(body)
+                groups += [LABEL_GROUP_TEXT] * len(body)
         as_long = functools.partial(torch.tensor, dtype=torch.long)
         return Encoded(as_long(ids), as_long(labels), as_long(groups), truncated)
 

@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from ..model.tokenizer import IMAGE_PLACEHOLDER
-from .types import GROUP_PX, GROUP_VQ, Record, Turn
+from ..model.markers import IMAGE_PLACEHOLDER, LABEL_GROUP_PX, LABEL_GROUP_VQ
+from .types import Record, Turn
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -327,7 +327,7 @@ def _vq_pair(grid: np.ndarray, settings: CognitionSettings, rng: np.random.Gener
     template = VQ_QUESTIONS[int(rng.integers(len(VQ_QUESTIONS)))]
     question = template.format(k=k, row=row, col=col, row_end=row + k - 1, col_end=col + k - 1, gh=gh, gw=gw)
     answer = format_vq_answer(vq_window(grid, row, col, k), settings.vq_format)
-    return Turn("user", question), Turn("assistant", answer, GROUP_VQ)
+    return Turn("user", question), Turn("assistant", answer, LABEL_GROUP_VQ)
 
 
 def _px_pair(
@@ -344,7 +344,7 @@ def _px_pair(
         W=width, H=height, x=x, y=y, bw=bw, bh=bh, x_end=x + bw - 1, y_end=y + bh - 1, g=g
     )
     answer = format_px_answer(pixel_targets(image, x, y, g))
-    return Turn("user", question), Turn("assistant", answer, GROUP_PX)
+    return Turn("user", question), Turn("assistant", answer, LABEL_GROUP_PX)
 
 
 VQGrid = np.ndarray | torch.Tensor | Callable[[], "np.ndarray | torch.Tensor | None"] | None
@@ -371,7 +371,7 @@ def add_cognition_turns(
         seed, epoch, record_id: fix every random choice.
 
     Returns:
-        The new turns; answers carry ``GROUP_VQ`` / ``GROUP_PX``.
+        The new turns; answers carry ``LABEL_GROUP_VQ`` / ``LABEL_GROUP_PX``.
     """
     turns = tuple(record_turns)
     if image_uint8 is None:

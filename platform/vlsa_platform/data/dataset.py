@@ -35,12 +35,13 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..model.configuration_vlsa import VLSAConfig
-from ..model.modeling_vlsa import IGNORE_INDEX, grids_to_tensor
+from ..model.markers import IGNORE_INDEX, LABEL_GROUP_TEXT
+from ..model.modeling_vlsa import grids_to_tensor
 from .chat import ChatEncoder
 from .images import ImageInputs, prepare_image
 from .records import DEFAULT_MAX_PIXELS, image_location, load_image
 from .targets import file_digest
-from .types import GROUP_TEXT, BadSample, Record, Skip, Turn
+from .types import BadSample, Record, Skip, Turn
 
 #: ``(image_root, relative_path, max_pixels) -> RGB image``, raising ``BadSample`` (``records.load_image``).
 ImageLoader = Callable[[str, str, int], Image.Image]
@@ -252,7 +253,7 @@ def collate(samples: Sequence[Sample], pad_token_id: int) -> dict[str, torch.Ten
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(shape, dtype=torch.long)
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
-    label_groups = torch.full(shape, GROUP_TEXT, dtype=torch.long)
+    label_groups = torch.full(shape, LABEL_GROUP_TEXT, dtype=torch.long)
     for row, s in enumerate(samples):
         n = len(s)
         input_ids[row, :n] = s.input_ids

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from .. import storage
+from ..config.vocabulary import PRESETS
+from ..model.markers import BOS_TOKEN, END_HEADER_TOKEN, EOT_TOKEN, IMAGE_PLACEHOLDER, START_HEADER_TOKEN
 from .records import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_PLACEHOLDER,
     DatasetError,
     check_image,
     default_image_root,
@@ -187,7 +188,7 @@ def load_inspect_tokenizer(name: str | None) -> Any:
         return None
     from ..model.tokenizer import load_tokenizer
 
-    if name in ("tiny", "paper"):
+    if name in PRESETS:
         return load_tokenizer(name)
     from transformers import AutoTokenizer
 
@@ -195,10 +196,10 @@ def load_inspect_tokenizer(name: str | None) -> Any:
 
 
 def _chat_text(record: Record) -> str:
-    parts = ["<|begin_of_text|>"]
+    parts = [BOS_TOKEN]
     for turn in record.turns:
         text = turn.text.replace(IMAGE_PLACEHOLDER, "").strip()
-        parts.append(f"<|start_header_id|>{turn.role}<|end_header_id|>\n\n{text}<|eot_id|>")
+        parts.append(f"{START_HEADER_TOKEN}{turn.role}{END_HEADER_TOKEN}\n\n{text}{EOT_TOKEN}")
     return "".join(parts)
 
 
@@ -247,44 +248,24 @@ def inspect_dataset(
         report.tokenizer = getattr(tok, "name_or_path", None) or type(tok).__name__
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
 
-    reasons: Counter[str] = Counter()
-    shown: dict[str, list[dict[str, Any]]] = {}
+    skips = _Skips(examples)
     usable: list[Record] = []
-
-    def note(skip: Skip, file: str) -> None:
-        reasons[skip.reason] += 1
-        bucket = shown.setdefault(skip.reason, [])
-        if len(bucket) < examples:
-            bucket.append({"file": file, "index": skip.index, "id": skip.id, "detail": skip.detail})
-
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for file in files:
             root = str(image_root) if image_root is not None else default_image_root(file)
             entry = FileReport(path=file, image_root=root)
             report.files.append(entry)
             try:
-                records, skips = read_records(file, on_bad="skip")
+                records, bad = read_records(file, on_bad="skip")
             except (DatasetError, OSError) as err:
                 entry.error = str(err)
                 continue
-            entry.samples_read = len(records) + len(skips)
-            for skip in skips:
-                note(skip, file)
+            entry.samples_read = len(records) + len(bad)
+            for skip in bad:
+                skips.note(skip, file)
             good = records
             if check_images:
-                locations = sorted({image_location(root, r.image) for r in records if r.image is not None})
-                errors = dict(
-                    zip(locations, pool.map(lambda loc: _check(loc, max_pixels), locations), strict=True)
-                )
-                report.images_checked += len(locations)
-                report.images_bad += sum(e is not None for e in errors.values())
-                good = []
-                for r in records:
-                    err = errors.get(image_location(root, r.image)) if r.image is not None else None
-                    if err is None:
-                        good.append(r)
-                    else:
-                        note(err.for_record(r.dataset, r.index, r.id).to_skip(), file)
+                good = _with_good_images(records, root, file, pool, max_pixels, report, skips)
             entry.usable = len(good)
             entry.skipped = entry.samples_read - entry.usable
             usable.extend(good)
@@ -292,12 +273,52 @@ def inspect_dataset(
     report.samples_read = sum(f.samples_read for f in report.files)
     report.usable = len(usable)
     report.text_only = sum(r.image is None for r in usable)
-    report.skipped_by_reason = dict(reasons)
-    report.skip_examples = shown
+    report.skipped_by_reason = dict(skips.reasons)
+    report.skip_examples = skips.shown
     report.turns = _stats([len(r.turns) for r in usable])
     if tok is not None:
         report.tokens = _stats(_token_lengths(tok, usable))
     return report
+
+
+@dataclass
+class _Skips:
+    """Skipped samples counted by reason, the first ``examples`` of each kept to show."""
+
+    examples: int
+    reasons: Counter[str] = field(default_factory=Counter)
+    shown: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def note(self, skip: Skip, file: str) -> None:
+        self.reasons[skip.reason] += 1
+        bucket = self.shown.setdefault(skip.reason, [])
+        if len(bucket) < self.examples:
+            bucket.append({"file": file, "index": skip.index, "id": skip.id, "detail": skip.detail})
+
+
+def _with_good_images(
+    records: list[Record],
+    root: str,
+    file: str,
+    pool: ThreadPoolExecutor,
+    max_pixels: int,
+    report: InspectReport,
+    skips: _Skips,
+) -> list[Record]:
+    """The records whose image (if any) opens within the pixel limit; each distinct image is opened once (in
+    ``pool``) and counted in ``report``, and every record whose image fails is noted in ``skips``."""
+    locations = sorted({image_location(root, r.image) for r in records if r.image is not None})
+    errors = dict(zip(locations, pool.map(lambda loc: _check(loc, max_pixels), locations), strict=True))
+    report.images_checked += len(locations)
+    report.images_bad += sum(e is not None for e in errors.values())
+    good = []
+    for r in records:
+        err = errors.get(image_location(root, r.image)) if r.image is not None else None
+        if err is None:
+            good.append(r)
+        else:
+            skips.note(err.for_record(r.dataset, r.index, r.id).to_skip(), file)
+    return good
 
 
 def _check(location: str, max_pixels: int) -> BadSample | None:

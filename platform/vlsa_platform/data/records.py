@@ -36,11 +36,13 @@ from typing import Any, Literal
 from PIL import Image, UnidentifiedImageError
 
 from .. import storage
+from ..config.vocabulary import SYNTHETIC_DATASET
+from ..model.markers import IMAGE_PLACEHOLDER
+from .synthetic import SPLIT_FILES, bundled_synthetic
 from .types import BadSample, Record, Skip, Turn
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "IMAGE_PLACEHOLDER",
     "BadSample",
     "DatasetError",
     "check_image",
@@ -53,9 +55,6 @@ __all__ = [
     "read_records",
     "to_rgb",
 ]
-
-#: The placeholder that marks where the image goes in the first user turn (LLaVA's ``DEFAULT_IMAGE_TOKEN``).
-IMAGE_PLACEHOLDER = "<image>"
 
 #: Default pixel limit of :func:`load_image` (width x height): larger images are ``image_too_large``.
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -347,16 +346,12 @@ def dataset_location(config: Any, root: str | None = None) -> tuple[str, str]:
     into the cache): ``train.json``, or ``val.json`` with ``split: val``. Relative paths resolve against
     ``root`` (``data.root``), else the working directory; the image root defaults to the JSON's folder.
     """
-    from ..config.schema import SYNTHETIC_DATASET
-
     if config.path == SYNTHETIC_DATASET:
-        from .synthetic import bundled_synthetic
-
         base = bundled_synthetic()
         split = (config.split or "train").lower()
         if split not in ("train", "val", "validation"):
             raise ValueError(f"{SYNTHETIC_DATASET} has splits 'train' and 'val', not {config.split!r}")
-        path = str(base / ("train.json" if split == "train" else "val.json"))
+        path = str(base / SPLIT_FILES["train" if split == "train" else "val"])
         return path, str(_resolve(config.image_root, root) if config.image_root else base)
     path = _resolve(config.path, root)
     image_root = _resolve(config.image_root, root) if config.image_root else default_image_root(path)

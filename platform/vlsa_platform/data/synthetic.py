@@ -48,6 +48,7 @@ __all__ = [
     "COLORS",
     "POSITIONS",
     "SHAPES",
+    "SPLIT_FILES",
     "SYNTHETIC_VERSION",
     "Scene",
     "Shape",
@@ -58,6 +59,9 @@ __all__ = [
 
 #: Bump when the generator's output changes: the cache folder is named after it.
 SYNTHETIC_VERSION = 1
+
+#: The JSON file of each split, in the dataset's folder.
+SPLIT_FILES: dict[str, str] = {"train": "train.json", "val": "val.json"}
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -345,7 +349,7 @@ def write_synthetic(
         1,
         val_text,
     )
-    for name, records in (("train.json", train), ("val.json", val)):
+    for name, records in ((SPLIT_FILES["train"], train), (SPLIT_FILES["val"], val)):
         (out / name).write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 

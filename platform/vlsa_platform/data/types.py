@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Role = Literal["system", "user", "assistant"]
+from ..model.markers import LABEL_GROUP_TEXT
 
-#: ``Turn.group`` of ordinary text, and of cognition answers (``label_groups`` in the model's batch).
-GROUP_TEXT, GROUP_VQ, GROUP_PX = 0, 1, 2
+Role = Literal["system", "user", "assistant"]
 
 #: Reasons a record is skipped (``on_bad_sample: skip``) or stops the run (``fail``), as reported by
 #: ``data inspect`` and counted in tracking.
@@ -29,11 +28,11 @@ SKIP_REASONS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Turn:
-    """One message of a conversation. ``group`` tags cognition answers (``GROUP_VQ``/``GROUP_PX``)."""
+    """One message of a conversation. ``group`` tags cognition answers (``model.markers.LABEL_GROUP_*``)."""
 
     role: Role
     text: str
-    group: int = GROUP_TEXT
+    group: int = LABEL_GROUP_TEXT
 
 
 @dataclass(frozen=True)

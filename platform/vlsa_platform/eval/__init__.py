@@ -13,5 +13,5 @@ One concept per module:
   decoding of a pass, kept in step across ZeRO-3 ranks.
 
 Imports torch, transformers, ``model`` and ``data`` only (never Ray, DeepSpeed or MLflow, DESIGN.md §3); the
-training loop (``train.loop.evaluate``) wires it in, reduces the tallies over ranks and names the metrics.
+training loop (``train.validate.evaluate``) wires it in, reduces the tallies over ranks and names the metrics.
 """

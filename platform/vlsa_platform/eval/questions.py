@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.types import GROUP_PX, GROUP_TEXT, GROUP_VQ
-from ..model.modeling_vlsa import IGNORE_INDEX
+from ..model.markers import IGNORE_INDEX, LABEL_GROUP_PX, LABEL_GROUP_TEXT, LABEL_GROUP_VQ
 
 #: The answer kinds, in the order a sample's answers are decoded (``HeldOutSample.first``).
-KINDS: tuple[int, ...] = (GROUP_TEXT, GROUP_VQ, GROUP_PX)
+KINDS: tuple[int, ...] = (LABEL_GROUP_TEXT, LABEL_GROUP_VQ, LABEL_GROUP_PX)
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class Answer:
     Attributes:
         start: position of its first token in the sample (the prompt is ``input_ids[:start]``).
         reference: its content token ids ``(n,)``, without the closing stop token.
-        group: ``GROUP_TEXT``, ``GROUP_VQ`` or ``GROUP_PX``.
+        group: ``LABEL_GROUP_TEXT``, ``LABEL_GROUP_VQ`` or ``LABEL_GROUP_PX``.
         complete: whether it ends with the stop token (not cut by truncation).
     """
 

@@ -1,6 +1,7 @@
 """One validation pass's generation metrics and PSNR, as tallies that add up over batches and ranks.
 
-What a pass measures (``train.loop.evaluate`` names and logs them; ``docs/training.md``, "Validation metrics"):
+What a pass measures (``train.validate.evaluate`` names and logs them; ``docs/training.md``, "Validation
+metrics"):
 
 - **Exact match** (``val/exact_match``): on each decoded sample, its first complete text answer is generated
   greedily from the prompt before it (:mod:`.generation`) and compared with the reference after normalisation
@@ -15,7 +16,7 @@ What a pass measures (``train.loop.evaluate`` names and logs them; ``docs/traini
 - **PSNR** (``val/psnr``): for the first validation images with an L_rec target (``psnr_images``), the frozen
   VAE's decoding of the denoised latent estimate ``z_hat`` (what the reconstruction panels show) against the
   ground-truth image, in dB with pixels in ``[0, 1]`` (:mod:`.psnr`), averaged over images (:meth:`Tally.add_psnr`;
-  the decoding needs the training strategy, so ``train.loop`` does it).
+  the decoding needs the training strategy, so ``train.validate`` does it).
 
 Cost: ``samples`` decoded samples per pass (split over the ranks), each with up to three answers (one per kind)
 of at most ``len(reference) + 1 + extra_tokens`` new tokens; the answers of one kind are decoded together,
@@ -38,7 +39,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..data.cognition import VQFormat
-from ..data.types import GROUP_PX, GROUP_TEXT, GROUP_VQ
+from ..model.markers import EOT_TOKEN, LABEL_GROUP_PX, LABEL_GROUP_TEXT, LABEL_GROUP_VQ
 from .answers import exact_match
 from .cognition_scores import PX_TOLERANCE, px_counts, vq_counts
 from .generation import greedy_answers
@@ -122,7 +123,7 @@ class GenerationSettings:
         extra_tokens: int,
         batch_size: int = 8,
         vq_format: VQFormat = "text",
-        stop_token: str = "<|eot_id|>",
+        stop_token: str = EOT_TOKEN,
     ) -> GenerationSettings:
         """Settings from the tokenizer and the model (its image token, its LLM's eos tokens)."""
         stops = [tokenizer.convert_tokens_to_ids(stop_token)]
@@ -163,15 +164,15 @@ def score_answer(
     tally: Tally, group: int, predicted: str, reference: str, settings: GenerationSettings
 ) -> None:
     """Add one generated answer's score to ``tally``."""
-    if group == GROUP_TEXT:
+    if group == LABEL_GROUP_TEXT:
         tally.exact_correct += float(exact_match(predicted, reference))
         tally.exact_total += 1
         return
     try:
-        if group == GROUP_VQ:
+        if group == LABEL_GROUP_VQ:
             correct, total = vq_counts(predicted, reference, settings.vq_format)
             tally.vq_correct, tally.vq_total = tally.vq_correct + correct, tally.vq_total + total
-        elif group == GROUP_PX:
+        elif group == LABEL_GROUP_PX:
             correct, total = px_counts(predicted, reference, settings.px_tolerance)
             tally.px_correct, tally.px_total = tally.px_correct + correct, tally.px_total + total
     except ValueError:

@@ -10,7 +10,7 @@ import torch
 from .configuration_vlsa import VLSAConfig
 from .lora import LoraSettings, apply_lora
 from .modeling_vlsa import VLSAForConditionalGeneration, num_visual_tokens
-from .parts import PARTS, TRAINABLE_PARTS, count_by_part
+from .parts import count_by_part
 from .tiling import plan_grid
 
 
@@ -41,4 +41,4 @@ def visual_tokens_per_image(config: VLSAConfig) -> int:
     return num_visual_tokens(config, plan_grid(rows * tile, cols * tile, tile, (rows, cols)))
 
 
-__all__ = ["PARTS", "TRAINABLE_PARTS", "build_on_meta", "parameter_counts", "visual_tokens_per_image"]
+__all__ = ["build_on_meta", "parameter_counts", "visual_tokens_per_image"]

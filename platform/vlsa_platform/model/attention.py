@@ -10,7 +10,7 @@ import importlib.util
 
 import torch
 
-ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "sdpa", "flash_attention_2", "eager")
+from ..config.vocabulary import ATTN_IMPLEMENTATIONS
 
 
 def flash_attention_available() -> bool:

@@ -7,14 +7,11 @@ and ``text_config`` (LLaMA) as transformers configs, and the diffusers configs o
 
 from __future__ import annotations
 
-from typing import Literal
-
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-VisionMode = Literal["sa_perceiver", "anyres", "lowres"]
-VISION_MODES: tuple[str, ...] = ("sa_perceiver", "anyres", "lowres")
+from ..config.vocabulary import VISION_MODES
 
 
 @strict
@@ -100,4 +97,4 @@ class VLSAConfig(PretrainedConfig):
         return self.patches_per_side**2
 
 
-__all__ = ["VISION_MODES", "VLSAConfig", "VisionMode"]
+__all__ = ["VLSAConfig"]

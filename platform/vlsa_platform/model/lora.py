@@ -1,4 +1,7 @@
-"""LoRA on the LLM through peft (paper stage III trains the LLM fully; LoRA is the cheaper option)."""
+"""LoRA on the LLM through peft (paper stage III trains the LLM fully; LoRA is the cheaper option).
+
+The defaults and target layers are the experiment file's (``config.model_section.LoraConfig``).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +9,21 @@ from dataclasses import dataclass
 
 from torch import nn
 
-LLAMA_LINEARS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from ..config.model_section import LoraConfig
+from ..config.vocabulary import LLAMA_LINEARS
+
+_DEFAULTS = LoraConfig()
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     """LoRA adapter settings for the LLM's linear layers."""
 
-    r: int = 16
+    r: int = _DEFAULTS.r
     """Adapter rank."""
-    alpha: int = 32
+    alpha: int = _DEFAULTS.alpha
     """Scaling numerator (``lora_alpha``); the update is scaled by ``alpha / r``."""
-    dropout: float = 0.05
+    dropout: float = _DEFAULTS.dropout
     """Dropout on the adapter input."""
     target_modules: tuple[str, ...] = LLAMA_LINEARS
     """Names of the LLaMA linear layers that get adapters."""

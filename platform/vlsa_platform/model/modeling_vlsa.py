@@ -18,16 +18,12 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_vlsa import VLSAConfig
+from .markers import IGNORE_INDEX, LABEL_GROUP_PX, LABEL_GROUP_VQ
 from .projector import MultiModalProjector
 from .reconstruction import ReconstructionObjective
 from .sa_perceiver import SAPerceiver
 from .submodels import build_submodel
 from .tiling import TileGrid, anyres_feature_size, anyres_token_count
-
-IGNORE_INDEX = -100
-LABEL_GROUP_VQ = 1
-LABEL_GROUP_PX = 2
-
 
 # ----------------------------------------------------------------------------------------------------- helpers
 
@@ -300,9 +296,6 @@ class VLSAForConditionalGeneration(VLSAPreTrainedModel):
 
 
 __all__ = [
-    "IGNORE_INDEX",
-    "LABEL_GROUP_PX",
-    "LABEL_GROUP_VQ",
     "VLSAForConditionalGeneration",
     "VLSAOutput",
     "grids_from_tensor",

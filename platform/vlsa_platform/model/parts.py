@@ -7,9 +7,11 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-#: Every part, in the order the paper introduces them. The VAE is always frozen.
-PARTS: tuple[str, ...] = ("vision_encoder", "sa_perceiver", "projector", "llm", "epigone", "denoiser", "vae")
-TRAINABLE_PARTS: tuple[str, ...] = tuple(p for p in PARTS if p != "vae")
+from ..config.vocabulary import TRAINABLE_PARTS
+
+#: Every part, in the order the paper introduces them (the trainable ones are the config's). The VAE is always
+#: frozen.
+PARTS: tuple[str, ...] = (*TRAINABLE_PARTS, "vae")
 
 _PREFIXES: dict[str, tuple[str, ...]] = {
     "vision_encoder": ("vision_tower.",),

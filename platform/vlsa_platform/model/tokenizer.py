@@ -21,6 +21,17 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .markers import (
+    BOS_TOKEN,
+    END_HEADER_TOKEN,
+    END_OF_TEXT_TOKEN,
+    EOT_TOKEN,
+    IMAGE_PLACEHOLDER,
+    PAD_TOKEN,
+    RESERVED_0_TOKEN,
+    START_HEADER_TOKEN,
+)
+
 # The chat template of meta-llama/Meta-Llama-3-8B-Instruct (its tokenizer_config.json, verbatim).
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
@@ -40,14 +51,6 @@ LLAMA3_SPLIT_PATTERN = (
 
 PAPER_TOKENIZER_SOURCE = "meta-llama/Meta-Llama-3-8B-Instruct"
 
-BOS_TOKEN = "<|begin_of_text|>"
-END_OF_TEXT_TOKEN = "<|end_of_text|>"
-START_HEADER_TOKEN = "<|start_header_id|>"
-END_HEADER_TOKEN = "<|end_header_id|>"
-EOT_TOKEN = "<|eot_id|>"  # the Instruct model's end of turn, and its eos
-RESERVED_0_TOKEN = "<|reserved_special_token_0|>"
-PAD_TOKEN = "<|finetune_right_pad_id|>"  # LLaMA-3.1's name for its pad token; the tiny tokenizer has it
-IMAGE_PLACEHOLDER = "<image>"
 
 # Order = id order at the end of the tiny vocabulary (LLaMA-3 also puts its specials last).
 TINY_SPECIAL_TOKENS: tuple[str, ...] = (

@@ -2,7 +2,7 @@
 
     python -m vlsa_platform.orchestration.entry submission.json [--resume]
 
-``submission.json`` is the :class:`~.submission.SubmissionSpec` the client wrote into the job's working
+``submission.json`` is the :class:`~.submission_types.SubmissionSpec` the client wrote into the job's working
 directory. The driver connects to the cluster it runs on, runs the submission and prints its progress (the
 job's logs). Exit status: 0 when every trial finished or was stopped early by the scheduler, 1 when a trial
 failed or the submission was interrupted, 3 when the cluster cannot run a trial.
@@ -16,9 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_RESOURCES = 3
+from ..exits import EXIT_FAILED, EXIT_OK, EXIT_RESOURCES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    from .submission import ClusterResourceError, SubmissionSpec, run_submission
+    from .submission import run_submission
+    from .submission_types import ClusterResourceError, SubmissionSpec
 
     spec = SubmissionSpec.from_dict(json.loads(Path(args.spec).read_text()))
     ray.init(address="auto", log_to_driver=False)

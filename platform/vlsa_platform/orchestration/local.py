@@ -1,10 +1,12 @@
-"""The embedded local Ray of ``vlsa-platform submit`` without ``--address``.
+"""The local driver of ``vlsa-platform submit`` without ``--address``: the submission on an embedded local Ray
+in this process (:func:`run_local`), and that Ray (:func:`local_ray`).
 
 One Ray instance on this machine for the duration of the submission, bound to 127.0.0.1 with its dashboard on
 a free loopback port (Ray Train's placement-group cleanup asks the dashboard's state API whether a stage's
 controller is still alive — without it, the workers' reservations of a trial that ASHA stopped would outlive
-it). Workers inherit :data:`.submission.WORKER_ENV`; their output stays in Ray's session logs (the terminal
-gets the submission's progress lines). A local ``ray.init`` turns Ray's token authentication on.
+it). Workers inherit :data:`.submission_types.WORKER_ENV`; their output stays in Ray's session logs (the
+terminal gets the submission's progress lines, which :func:`tee` also appends to the record's log). A local
+``ray.init`` turns Ray's token authentication on.
 """
 
 from __future__ import annotations
@@ -12,12 +14,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-from ..tracking.store import free_port
-from .submission import WORKER_ENV
+from ..tracking.store import free_port, resolve_store, server_for
+from .ledger import FAILED, FINISHED, STOPPED, SubmissionRecord
+from .submission_types import WORKER_ENV, ClusterResourceError, SubmissionResult
 
 LOOPBACK = "127.0.0.1"
+
+
+class PlanRejected(ValueError):
+    """The model side refused the plan of a new submission (``plan.check_plan``): one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 @contextlib.contextmanager
@@ -46,4 +61,124 @@ def local_ray(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
         ray.shutdown()
 
 
-__all__ = ["LOOPBACK", "local_ray"]
+@contextlib.contextmanager
+def tee(path: Path) -> Iterator[Callable[[str], None]]:
+    """``say``: a line to the terminal and to the submission's log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+
+        def say(line: str) -> None:
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+
+        yield say
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """``vlsa-platform stop`` sends SIGINT (Tune stops gracefully, saving its state); a SIGTERM is treated the
+    same way."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _checked_plan(stack: contextlib.ExitStack, config: Any) -> Callable[[], None]:
+    """Start checking the plan of ``config`` in a child process (it ends as soon as it has answered); the
+    returned function waits for the answer and raises :class:`PlanRejected` for a refused plan."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .plan import check_plan, remember_planned
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    stack.callback(pool.shutdown, cancel_futures=True)
+    planned = pool.submit(check_plan, config)
+
+    def answer() -> None:
+        problems, numbers = planned.result()
+        pool.shutdown()
+        if problems:
+            raise PlanRejected(problems)
+        remember_planned(numbers)
+
+    return answer
+
+
+def _start(record: SubmissionRecord, resume: bool, tracking_uri: str, say: Callable[[str], None]) -> None:
+    """Record this process as the running driver, and say what runs where."""
+    spec = record.spec
+    record.mark_driver()
+    record.state = "RUNNING"
+    record.history.append({"at": time.time(), "action": "resume" if resume else "submit", "pid": os.getpid()})
+    record.tracking_uri = tracking_uri
+    record.save()
+    say(f"submission {spec.submission_id}: {spec.kind} of {spec.experiment!r} from {spec.source}")
+    say(f"  storage {spec.storage_root}")
+    say(f"  MLflow  {record.tracking_uri}")
+
+
+def run_local(record: SubmissionRecord, *, resume: bool, check: bool = False) -> SubmissionResult | None:
+    """Drive a submission on an embedded local Ray in this process: the local MLflow server and Ray up, the
+    record's state changes, progress lines to the terminal and the record's log (:func:`tee`), SIGTERM taken
+    as Ctrl-C. Returns the result, or ``None`` when it was stopped (the record then says ``STOPPED``).
+
+    ``check``: check the plan of a new submission first (``orchestration.plan.check_plan``). It runs in a
+    child process while the local MLflow server and Ray start, which take seconds each, and the record is
+    written only once it has passed; a refused plan shuts both down before any trial asks Ray for
+    resources and raises :class:`PlanRejected`.
+
+    Raises:
+        PlanRejected: the plan was refused (nothing recorded).
+        ClusterResourceError: the cluster cannot run a trial (the record says ``FAILED``).
+        KeyboardInterrupt: interrupted before the plan was checked (nothing recorded, nothing to continue).
+    """
+    from .submission import run_submission  # Ray Tune: imported when a submission runs, not by the CLI
+
+    spec = record.spec
+    config = spec.experiment_config()
+    store = resolve_store(spec.tracking_uri, spec.workdir)
+    server = server_for(store)
+    checked = not check
+    try:
+        with sigterm_as_interrupt(), contextlib.ExitStack() as stack:
+            answer = _checked_plan(stack, config) if check else None
+            if server is not None:
+                stack.callback(server.stop)
+                server.launch()
+            stack.enter_context(local_ray())
+            if answer is not None:
+                answer()
+            checked = True
+            say = stack.enter_context(tee(record.log_path))
+            _start(record, resume, store.uri, say)
+
+            def on_parent(run_id: str, uri: str) -> None:
+                record.save()
+                say(f"  parent run {run_id}")
+
+            result = run_submission(spec, resume=resume, say=say, on_parent=on_parent, tracking_server=server)
+    except ClusterResourceError:
+        record.state, record.ended_at, record.pid = FAILED, time.time(), None
+        record.save()
+        raise
+    except KeyboardInterrupt:
+        if not checked:  # stopped before the submission existed: nothing to continue
+            raise
+        record.state, record.ended_at, record.pid = STOPPED, time.time(), None
+        record.save()
+        return None
+    record.pid, record.ended_at = None, time.time()
+    record.state = STOPPED if result.interrupted else FAILED if result.failed else FINISHED
+    record.save()
+    return result
+
+
+__all__ = ["LOOPBACK", "PlanRejected", "local_ray", "run_local", "sigterm_as_interrupt", "tee"]

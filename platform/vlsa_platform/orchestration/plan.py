@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,8 +182,9 @@ def _stage_placement(
 
 
 def stage_placements(run: PlannedRun) -> dict[str, ResolvedPlacement]:
-    """Each stage's resolved placement (what :func:`plan_run` shows as ``placement``), for the orchestration
-    (``ResolvedPlacement.scaling_config_kwargs``)."""
+    """Each stage's resolved placement (what :func:`plan_run` shows as ``placement``): derived once per run
+    and handed on as it is — to :func:`plan_run`, to Ray's ``ScalingConfig``
+    (``ResolvedPlacement.scaling_config_kwargs``) and, in each stage's spec, to the workers."""
     counts, visual_tokens, dims = model_numbers(run.config)
     table = AcceleratorTable.from_config(run.config.cluster)
     return {
@@ -191,18 +193,20 @@ def stage_placements(run: PlannedRun) -> dict[str, ResolvedPlacement]:
     }
 
 
-def plan_run(run: PlannedRun) -> dict[str, Any]:
-    """One entry of the plan's ``runs``."""
+def plan_run(run: PlannedRun, placements: Mapping[str, ResolvedPlacement] | None = None) -> dict[str, Any]:
+    """One entry of the plan's ``runs``; ``placements`` are the run's :func:`stage_placements` when the caller
+    has them already (derived here otherwise)."""
     config = run.config
     model = config.model
-    counts, visual_tokens, dims = model_numbers(config)
-    table = AcceleratorTable.from_config(config.cluster)
+    counts, visual_tokens, _ = model_numbers(config)
+    if placements is None:
+        placements = stage_placements(run)
     params_total = sum(total for total, _ in counts.values())
     stages = []
     for name, stage in config.stages.items():
         trainable = [part for part in stage.trainable if part in counts]
         loss = config.stage_loss(name)
-        placement = _stage_placement(config, name, counts, visual_tokens, dims, table)
+        placement = placements[name]
         stages.append(
             {
                 "name": name,

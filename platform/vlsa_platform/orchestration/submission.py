@@ -7,7 +7,7 @@ Ray job on a cluster (:mod:`.entry`). It
    :func:`~vlsa_platform.tracking.store.shared_store`);
 2. creates the parent run (experiment = the file's ``name``, run name = the submission id) with the resolved
    config, or re-attaches to it when resuming;
-3. runs the trials as a ``ray.tune.Tuner`` (:mod:`.sweep` for the search space, searcher and scheduler): each
+3. runs the trials as a ``ray.tune.Tuner`` (:mod:`.sweep` for the search space and searcher, :mod:`.decisions` for the scheduler): each
    trial is a small function trainable that calls :func:`.training.run_training` for its run, whose stages are
    Ray Train ``TorchTrainer`` s reporting to Tune through ``TuneReportCallback`` — only at validation points,
    so every Tune result carries the sweep's metric;
@@ -19,19 +19,18 @@ Layout in the run storage (``storage.path``; default ``<workdir>/storage``)::
     <storage>/tune/<submission id>/            Tune's experiment folder (what ``resume`` restores)
     <storage>/runs/<submission id>/<experiment>/<trial>/   each trial's run (training.run_dir)
 
-A submission's record (:mod:`.records`) keeps its id, where it runs, its storage and its parent run, so
+A submission's record (:mod:`.ledger`) keeps its id, where it runs, its storage and its parent run, so
 ``status``, ``logs``, ``stop`` and ``resume`` find it again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import storage
@@ -39,14 +38,17 @@ from ..config.schema import ExperimentConfig
 from ..tracking import names
 from ..tracking.store import LocalTrackingServer, TrackingStore, resolve_store, shared_store
 from ..tracking.tracker import Tracker, git_commit
+from .decisions import scheduler
+from .plan import expand_runs, model_numbers, remember_model_numbers, stage_placements
+from .progress import ProgressCallback, ValidationReportCallback
+from .submission_types import ClusterResourceError, SubmissionResult, SubmissionSpec, TrialOutcome
+from .sweep import num_samples, param_space, search_algorithm, trial_run
+from .training import run_dir, run_training
 
 log = logging.getLogger(__name__)
 
-TUNE_DIR = "tune"
 PARENT_FILE = "vlsa_parent_run.json"
 """In Tune's experiment folder: the submission's MLflow parent run (what a resumed cluster job attaches to)."""
-RUNS_DIR = "runs"
-DEFAULT_STORAGE_DIR = "storage"
 TRIAL_DRIVER_RESOURCES = {"memory": float(256 * 2**20)}
 """What each trial's driver reserves (the function that starts its stages' TorchTrainers and waits on them; the
 trainers' workers reserve their own CPUs and GPUs): memory, not CPU. Even a fraction of a CPU per driver would
@@ -54,98 +56,6 @@ leave a whole-CPU worker of the last trial that fits without its CPU (two trials
 so trials the cluster fits would run one after the other."""
 TAG_KIND = "vlsa.kind"
 TAG_SUBMISSION = "vlsa.submission"
-WORKER_ENV = {
-    # A stage's controller polls its workers this often (Ray's default, 2 s, adds seconds to every stage).
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    # Spot preemption is a cloud matter; a watcher actor per stage costs a process start on small machines.
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-}
-"""Environment of every Ray worker of a submission (``ray.init(runtime_env=...)`` locally, the job's
-``runtime_env`` on a cluster)."""
-
-
-@dataclass
-class SubmissionSpec:
-    """Everything a submission's driver needs, as JSON (written beside a Ray job, kept in the record)."""
-
-    submission_id: str
-    """``<experiment>-<YYYYmmdd-HHMMSS>``: the Tune experiment's name and the parent run's name."""
-    experiment: str
-    kind: str
-    """``sweep``, ``ablation`` or ``single``."""
-    source: str
-    """The experiment file as given."""
-    scale: str | None
-    overrides: list[str]
-    config: dict[str, Any]
-    """The experiment as loaded (``ExperimentConfig.raw``: after ``extends``, ``--scale`` and ``--set``)."""
-    workdir: str
-    """Absolute work directory of the driver (local MLflow store, records)."""
-    storage_root: str
-    """Absolute local folder or ``s3://`` of the run storage."""
-    tracking_uri: str | None = None
-    """The MLflow tracking URI; ``None`` = the local store in ``workdir``."""
-    parent_run_id: str | None = None
-    """Set once the parent run exists (a resume re-attaches to it)."""
-    resource_timeout_s: float = 120.0
-    """How long to wait for the cluster to offer what the trials need before giving up."""
-
-    def experiment_config(self) -> ExperimentConfig:
-        return ExperimentConfig.model_validate(self.config)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SubmissionSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @property
-    def tune_root(self) -> str:
-        return storage.join(self.storage_root, TUNE_DIR)
-
-    @property
-    def tune_path(self) -> str:
-        """Tune's experiment folder of this submission."""
-        return storage.join(self.tune_root, self.submission_id)
-
-    @property
-    def runs_root(self) -> str:
-        """``storage_root`` of every trial's :func:`~.training.run_training`."""
-        return storage.join(self.storage_root, RUNS_DIR, self.submission_id)
-
-
-@dataclass
-class TrialOutcome:
-    """One trial at the end of a submission."""
-
-    trial_id: str
-    name: str
-    values: dict[str, Any]
-    status: str
-    """``finished``, ``stopped early`` (ASHA), ``failed``, ``interrupted`` (the submission was stopped while
-    it ran) or ``not run``."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-
-
-@dataclass
-class SubmissionResult:
-    spec: SubmissionSpec
-    parent_run_id: str
-    tracking_uri: str
-    trials: list[TrialOutcome]
-    interrupted: bool = False
-
-    @property
-    def failed(self) -> list[TrialOutcome]:
-        return [t for t in self.trials if t.status == "failed"]
-
-
-class ClusterResourceError(RuntimeError):
-    """The cluster cannot run a trial's stages (no node of the accelerator class, too few GPUs/CPUs)."""
 
 
 # ---------------------------------------------------------------------------------------------- the trial
@@ -161,11 +71,6 @@ def _trial(
 ) -> None:
     """A Tune trial: train its run through every stage (resuming what an earlier attempt left)."""
     from ray import tune
-
-    from .plan import remember_model_numbers
-    from .reporting import ValidationReportCallback
-    from .sweep import trial_run
-    from .training import run_training
 
     sub = SubmissionSpec.from_dict(spec)
     config = sub.experiment_config()
@@ -183,7 +88,7 @@ def _trial(
         run_name=chosen.run.name,
         tags=tags,
         callbacks=[ValidationReportCallback(metric)],
-        # ASHA posts its decisions (sweep.scheduler): a stopped trial trains no step past its rung
+        # ASHA posts its decisions (decisions.scheduler): a stopped trial trains no step past its rung
         await_decisions=metric
         if config.sweep is not None and config.sweep.scheduler.kind == "asha"
         else None,
@@ -196,8 +101,6 @@ def _trial(
 def trial_resources(config: ExperimentConfig) -> dict[str, float]:
     """The most any stage of a run asks of the cluster at once (CPU, GPU, ``accelerator_type:X``), for
     bounding concurrency and failing fast on a cluster that cannot run it."""
-    from .plan import expand_runs, stage_placements
-
     need: dict[str, float] = {}
     for run in expand_runs(config):
         for placement in stage_placements(run).values():
@@ -279,10 +182,10 @@ def _parent_run(sub: SubmissionSpec, config: ExperimentConfig, store: TrackingSt
 
 
 DRIVER_ENV = {
-    # Trials report only results that carry the metric (reporting.ValidationReportCallback); Tune's own
+    # Trials report only results that carry the metric (progress.ValidationReportCallback); Tune's own
     # bookkeeping results do not, and its strict check would reject them.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # Tune's own tables stay off (verbose=0 on the legacy reporter); reporting.ProgressCallback prints.
+    # Tune's own tables stay off (verbose=0 on the legacy reporter); progress.ProgressCallback prints.
     "RAY_AIR_NEW_OUTPUT": "0",
     # MLflow prints "View run ... at <url>" for every run it ends; the summary names the parent run.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
@@ -324,17 +227,11 @@ def run_submission(
             before Ray so that both come up together; the caller stops it. ``None``: started here as needed.
     """
     import ray
-    from ray import tune
-
-    from .plan import model_numbers
-    from .reporting import ProgressCallback
-    from .sweep import num_samples, param_space, scheduler, search_algorithm
 
     if not ray.is_initialized():
         raise RuntimeError("run_submission needs a Ray cluster: call ray.init() first")
     config = sub.experiment_config()
-    need = trial_resources(config)
-    fits = wait_for_resources(need, sub.resource_timeout_s, say)
+    fits = wait_for_resources(trial_resources(config), sub.resource_timeout_s, say)
     wanted = config.sweep.max_concurrent_trials if config.sweep is not None else None
     concurrent = min(fits, wanted) if wanted else fits
 
@@ -352,60 +249,16 @@ def run_submission(
         metric = config.sweep.metric if config.sweep is not None else names.VAL_LOSS_LLM
         mode = config.sweep.mode if config.sweep is not None else "min"
         progress = ProgressCallback(config, sub, served.uri, parent.run_id, metric=metric, mode=mode, say=say)
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                _trial,
-                spec=sub.to_dict(),
-                tracking_uri=served.uri,
-                parent_run_id=parent.run_id,
-                model_numbers=model_numbers(config),
-            ),
-            TRIAL_DRIVER_RESOURCES,
-        )
-        fs = storage.arrow_filesystem(sub.tune_root)
         status = "FAILED"
         interrupted = False
         trials: list[TrialOutcome] = []
         try:
-            if resume and tune.Tuner.can_restore(sub.tune_path, storage_filesystem=fs):
-                say(f"resuming {sub.submission_id} from {sub.tune_path}")
-                tuner = tune.Tuner.restore(
-                    _tune_location(sub.tune_path),
-                    trainable,
-                    resume_unfinished=True,
-                    resume_errored=True,
-                    restart_errored=False,
-                    storage_filesystem=fs,
-                    param_space=param_space(config),
-                )
-                # Tune restores the callbacks it pickled; this launch's (terminal, tracking server) replace them.
-                tuner._local_tuner.get_run_config().callbacks = [progress]
-            else:
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=param_space(config),
-                    tune_config=tune.TuneConfig(
-                        metric=metric,
-                        mode=mode,
-                        search_alg=search_algorithm(config, concurrent),
-                        scheduler=scheduler(config, sub.runs_root),
-                        num_samples=num_samples(config),
-                    ),
-                    run_config=tune.RunConfig(
-                        name=sub.submission_id,
-                        storage_path=_tune_location(sub.tune_root),
-                        storage_filesystem=fs,
-                        failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
-                        callbacks=[progress],
-                        verbose=0,
-                    ),
-                )
+            tuner = _tuner(sub, config, served.uri, parent.run_id, progress, resume, concurrent, say)
             say(
                 f"{config.kind} {sub.submission_id}: up to {concurrent} trial"
                 f"{'s' if concurrent != 1 else ''} at once (the cluster fits {fits})"
             )
-            results = tuner.fit()
-            trials = progress.outcomes(results)
+            trials = progress.outcomes(tuner.fit())
             interrupted = any(t.status in ("not run", "interrupted") for t in trials)
             status = "FAILED" if any(t.status == "failed" for t in trials) else "FINISHED"
             if interrupted:
@@ -419,6 +272,66 @@ def run_submission(
             parent.set_tags({"vlsa.status": status.lower()})
             parent.close(status=status, timeout=30)
     return SubmissionResult(sub, parent.run_id, store.uri, trials, interrupted=interrupted)
+
+
+def _tuner(
+    sub: SubmissionSpec,
+    config: ExperimentConfig,
+    tracking_uri: str,
+    parent_run_id: str,
+    progress: ProgressCallback,
+    resume: bool,
+    concurrent: int,
+    say: Callable[[str], None],
+) -> Any:
+    """The submission's ``tune.Tuner``: restored from ``sub.tune_path`` when resuming one that Tune can
+    restore, else new (its searcher running at most ``concurrent`` trials at once); ``progress`` its callback."""
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            spec=sub.to_dict(),
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+            model_numbers=model_numbers(config),
+        ),
+        TRIAL_DRIVER_RESOURCES,
+    )
+    fs = storage.arrow_filesystem(sub.tune_root)
+    if resume and tune.Tuner.can_restore(sub.tune_path, storage_filesystem=fs):
+        say(f"resuming {sub.submission_id} from {sub.tune_path}")
+        tuner = tune.Tuner.restore(
+            _tune_location(sub.tune_path),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            restart_errored=False,
+            storage_filesystem=fs,
+            param_space=param_space(config),
+        )
+        # Tune restores the callbacks it pickled; this launch's (terminal, tracking server) replace them.
+        tuner._local_tuner.get_run_config().callbacks = [progress]
+        return tuner
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(config),
+        tune_config=tune.TuneConfig(
+            metric=progress.metric,
+            mode=progress.mode,
+            search_alg=search_algorithm(config, concurrent),
+            scheduler=scheduler(config, functools.partial(run_dir, sub.runs_root, config.name)),
+            num_samples=num_samples(config),
+        ),
+        run_config=tune.RunConfig(
+            name=sub.submission_id,
+            storage_path=_tune_location(sub.tune_root),
+            storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
+            callbacks=[progress],
+            verbose=0,
+        ),
+    )
 
 
 def _tune_location(path: str) -> str:

@@ -1,5 +1,5 @@
-"""Ray Tune pieces of a submission: the search space, the search algorithm, the trial scheduler, and what each
-trial's parameters mean (DESIGN.md §4-5).
+"""Ray Tune pieces of a submission: the search space, the search algorithm, and what each trial's parameters
+mean (DESIGN.md §4-5); the trial scheduler (ASHA) is in :mod:`.decisions`.
 
 Every submission is a Tune experiment whose trials are child runs:
 
@@ -13,7 +13,7 @@ Every submission is a Tune experiment whose trials are child runs:
 Trials report to Tune only at validation points (every ``data.validation.every_steps`` optimizer steps and at
 the end of every stage) and each report carries the sweep's metric: Tune's ``training_iteration`` therefore
 counts validations, and ASHA's rungs (``grace_period`` x ``reduction_factor``^k of them) fall at validation
-points and stage boundaries. ``max_t`` defaults to the number of validations a whole run makes.
+points and stage boundaries (:func:`validations_per_run`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ from .plan import PlannedRun, stage_steps
 VARIANT_KEY = "variant"
 """Trial parameter that names the ablation variant of a trial."""
 SINGLE_RUN_NAME = "main"
-UNKNOWN_MAX_T = 1000
-"""ASHA's ``max_t`` when a stage's length is not known before it starts (``epochs`` over datasets of unknown
-size): large enough never to cut a trial short."""
 
 
 def _domain(domain: Domain) -> Any:
@@ -87,36 +84,6 @@ def validations_per_run(config: ExperimentConfig) -> int | None:
     return total
 
 
-def scheduler(config: ExperimentConfig, runs_root: str | None = None) -> Any:
-    """ASHA (``AsyncHyperBandScheduler`` on ``training_iteration``, i.e. validation points) or FIFO.
-
-    With ``runs_root`` (the submission's), ASHA also posts each decision to the trial's run folder, where the
-    trial's workers wait for it after every validation (:class:`.reporting.DecisionBoard`): a trial ASHA
-    stops trains no step past the rung that stopped it.
-    """
-    from ray.tune.schedulers import FIFOScheduler
-
-    from .reporting import DecisionBoard, PostingASHAScheduler
-
-    if config.sweep is None or config.sweep.scheduler.kind == "fifo":
-        return FIFOScheduler()
-    settings = config.sweep.scheduler
-    validations = validations_per_run(config)
-    # A rung at a trial's last validation would stop it when its work is done: no rung reaches it (and with
-    # max_t below grace_period, ASHA has no rung at all).
-    max_t = settings.max_t or (max(1, validations - 1) if validations else UNKNOWN_MAX_T)
-    return PostingASHAScheduler(
-        DecisionBoard(config, runs_root) if runs_root is not None else None,
-        time_attr="training_iteration",
-        max_t=max_t,
-        grace_period=settings.grace_period,
-        reduction_factor=settings.reduction_factor,
-        brackets=settings.brackets,
-        # max_t only places the rungs: a trial that reaches it trains on to its end.
-        stop_last_trials=False,
-    )
-
-
 @dataclass(frozen=True)
 class TrialRun:
     """What one trial trains: its run (name, variant, config) and the values that set it apart."""
@@ -161,7 +128,6 @@ __all__ = [
     "describe_values",
     "num_samples",
     "param_space",
-    "scheduler",
     "search_algorithm",
     "trial_run",
     "validations_per_run",

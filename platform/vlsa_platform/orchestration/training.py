@@ -35,8 +35,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,15 +83,6 @@ def claim_run_dir(directory: str, config: ExperimentConfig) -> dict[str, Any]:
 def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
     """Where a run keeps its checkpoints (``<storage>/<experiment>/<run name>``)."""
     return storage.join(storage_root, names.path_part(experiment), names.path_part(run_name))
-
-
-DECISIONS_DIR = "decisions"
-"""In a trial's run folder: ``<global step>.json`` (``{"decision": "continue" | "stop"}``) for each validation
-the scheduler judged."""
-
-
-def decision_file(run_directory: str, global_step: int) -> str:
-    return storage.join(run_directory, DECISIONS_DIR, f"{int(global_step)}.json")
 
 
 def _complete_marker(directory: str, stage: str) -> str:
@@ -192,49 +182,11 @@ class _RayWorkerContext:
             self._await_decision(metrics)
 
     def _await_decision(self, metrics: Mapping[str, Any]) -> None:
-        """After a validation that reaches the sweep's scheduler (the reports ``ValidationReportCallback``
-        forwards: with ``val/`` metrics and, merged with the latest training metrics, the sweep metric), wait
-        for its decision: go on, or wait here for Tune to end this trial. The other ranks wait for rank 0 in
-        the next collective. No decision within ``DECISION_TIMEOUT_S``: go on."""
-        if tune_report(self._latest, metrics, self.await_decisions) is None:
-            return
-        path = decision_file(self.directory, int(metrics["global_step"]))
-        deadline = time.monotonic() + DECISION_TIMEOUT_S
-        while not storage.exists(path):
-            if time.monotonic() > deadline:
-                log.warning(
-                    "no scheduler decision on step %s within %ss; going on",
-                    metrics["global_step"],
-                    DECISION_TIMEOUT_S,
-                )
-                return
-            time.sleep(DECISION_POLL_S)
-        decision = json.loads(storage.read_text(path)).get("decision")
-        if decision != "stop":
-            storage.delete(path)
-            return
-        log.info(
-            "the scheduler stopped this trial at step %s; waiting for Tune to end it", metrics["global_step"]
-        )
-        time.sleep(DECISION_TIMEOUT_S * 10)
-        raise RuntimeError("the scheduler stopped this trial, but Tune did not end its workers")
+        """Rank 0, after a report: wait for the scheduler's decision on it (:func:`.decisions.await_decision`)."""
+        from .decisions import await_decision  # Tune's scheduler classes: only in a trial that waits
 
+        await_decision(self.directory, self._latest, metrics, self.await_decisions)
 
-def tune_report(latest: dict[str, Any], metrics: Mapping[str, Any], metric: str) -> dict[str, Any] | None:
-    """What a trial tells Tune of a stage's report: at validation points only (reports with ``val/`` metrics),
-    merged with the latest training metrics (kept in ``latest``, updated here), and only when that carries the
-    sweep ``metric``; ``None`` for the other reports. The rule of ``reporting.ValidationReportCallback``, and of
-    the workers that wait for the scheduler's decision on what Tune saw."""
-    latest.update({k: v for k, v in metrics.items() if not k.startswith("val/")})
-    if not any(k.startswith("val/") for k in metrics):
-        return None
-    merged = {**latest, **metrics}
-    return merged if metric in merged else None
-
-
-DECISION_TIMEOUT_S = 120.0
-"""How long a trial's rank 0 waits for the scheduler's decision on a validation before going on."""
-DECISION_POLL_S = 0.2
 
 KEEP_SCORE = "vlsa_checkpoint_keep"
 """Reported with every checkpoint; the ``CheckpointConfig`` of a segment keeps the highest: every stage's final
@@ -435,7 +387,7 @@ def run_training(
         run_name: name of the run folder and MLflow run (default: ``run.name``).
         tags: extra MLflow tags (``vlsa.trial_id``...).
         callbacks: Ray Train callbacks for every stage (e.g. Tune's ``TuneReportCallback``).
-        await_decisions: in a Tune trial whose scheduler posts its decisions (``reporting.DecisionBoard``),
+        await_decisions: in a Tune trial whose scheduler posts its decisions (``decisions.DecisionBoard``),
             the sweep metric: after each validation Tune sees, rank 0 waits for the decision on it.
     """
     import ray
@@ -446,48 +398,30 @@ def run_training(
     name = run_name or run.name
     directory = run_dir(storage_root, config.name, name)
     recorded = claim_run_dir(directory, config)
-    plan = plan_run(run)
-    placements = stage_placements(run)
+    placements = stage_placements(run)  # derived once: the plan shows them, the workers get them
+    stages = plan_run(run, placements)["stages"]
     tracker = _attach_tracking(directory, run, name, recorded, store, parent_run_id, tags or {})
     resolved = config.resolved()
-    outcomes: list[StageOutcome] = []
-    previous: StageOutcome | None = None
+
+    def spec_for(index: int) -> StageSpec:
+        return StageSpec(
+            config=resolved,
+            stage=stages[index]["name"],
+            stage_index=index,
+            placement=placements[stages[index]["name"]],
+            steps=stages[index]["steps"],
+            run_id=tracker.run_id if tracker else None,
+            tracking_uri=store.uri if store else None,
+            target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
+        )
+
+    def fit(specs: list[StageSpec], previous: StageOutcome | None) -> Any:
+        placement = placements[specs[0].stage]
+        return _fit_segment(specs, previous, placement, directory, config, callbacks, await_decisions)
+
     status = "FAILED"
     try:
-        stages = plan["stages"]
-        for segment in _segments(stages, placements):
-            names_in = [stages[i]["name"] for i in segment]
-            if all(storage.exists(_complete_marker(directory, stage)) for stage in names_in):
-                for stage in names_in:
-                    log.info("stage %s of %s is complete; skipping it", stage, name)
-                    previous = _read_marker(directory, stage)
-                    outcomes.append(previous)
-                continue
-            specs = [
-                StageSpec(
-                    config=resolved,
-                    stage=stages[i]["name"],
-                    stage_index=i,
-                    placement=stages[i]["placement"],
-                    steps=stages[i]["steps"],
-                    run_id=tracker.run_id if tracker else None,
-                    tracking_uri=store.uri if store else None,
-                    target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
-                )
-                for i in segment
-            ]
-            result = _fit_segment(
-                specs, previous, placements[names_in[0]], directory, config, callbacks, await_decisions
-            )
-            if result.error is not None:
-                raise RuntimeError(
-                    f"stage(s) {', '.join(names_in)} of run {name} failed: {result.error}"
-                ) from result.error
-            for stage in names_in:
-                if not storage.exists(_complete_marker(directory, stage)):
-                    raise RuntimeError(f"stage {stage} of run {name} ended without completing")
-                previous = _read_marker(directory, stage)
-                outcomes.append(previous)
+        outcomes = _run_segments(name, directory, _segments(stages, placements), stages, spec_for, fit)
         status = "FINISHED"
     finally:
         if tracker is not None:
@@ -495,6 +429,39 @@ def run_training(
     return TrainingResult(
         name=name, directory=directory, run_id=tracker.run_id if tracker else None, stages=outcomes
     )
+
+
+def _run_segments(
+    name: str,
+    directory: str,
+    segments: Sequence[list[int]],
+    stages: Sequence[dict[str, Any]],
+    spec_for: Callable[[int], StageSpec],
+    fit: Callable[[list[StageSpec], StageOutcome | None], Any],
+) -> list[StageOutcome]:
+    """Fit each segment of run ``name`` in turn (``fit(specs, previous stage's outcome)``), skipping those whose
+    stages are all marked complete; each stage's outcome, in order."""
+    outcomes: list[StageOutcome] = []
+    previous: StageOutcome | None = None
+    for segment in segments:
+        names_in = [stages[i]["name"] for i in segment]
+        if all(storage.exists(_complete_marker(directory, stage)) for stage in names_in):
+            for stage in names_in:
+                log.info("stage %s of %s is complete; skipping it", stage, name)
+                previous = _read_marker(directory, stage)
+                outcomes.append(previous)
+            continue
+        result = fit([spec_for(i) for i in segment], previous)
+        if result.error is not None:
+            raise RuntimeError(
+                f"stage(s) {', '.join(names_in)} of run {name} failed: {result.error}"
+            ) from result.error
+        for stage in names_in:
+            if not storage.exists(_complete_marker(directory, stage)):
+                raise RuntimeError(f"stage {stage} of run {name} ended without completing")
+            previous = _read_marker(directory, stage)
+            outcomes.append(previous)
+    return outcomes
 
 
 __all__ = [

@@ -1,11 +1,16 @@
 """What orchestration hands every worker of a stage (:class:`StageSpec`) and the names of what a stage leaves in
 its checkpoints — kept apart from :mod:`.loop` so the driver side imports them without torch.
+
+The placement travels as the :class:`~vlsa_platform.cluster.ResolvedPlacement` the orchestration derived
+(serialised with its own ``to_dict`` / ``from_dict``), so a worker never derives it again.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..cluster import ResolvedPlacement
 
 #: DeepSpeed's checkpoint tag inside every checkpoint folder (each reported checkpoint is its own folder).
 CHECKPOINT_TAG = "state"
@@ -25,8 +30,9 @@ class StageSpec:
     """Name of the stage in ``config['stages']``."""
     stage_index: int
     """Its position (0-based): the ``stage`` metric."""
-    placement: dict[str, Any]
-    """The resolved placement (the plan's ``placement``: ZeRO stage, offload, micro-batch, accumulation)."""
+    placement: ResolvedPlacement
+    """The resolved placement (accelerator class, workers, ZeRO stage, offload, micro-batch, accumulation), as
+    the orchestration derived it for the plan (whose ``placement`` is its ``as_plan()``)."""
     steps: int | None = None
     """Optimizer steps; ``None`` = from the stage's ``epochs`` and the data's size."""
     step_offset: int = 0
@@ -43,11 +49,13 @@ class StageSpec:
     """Frozen-target cache root (local or ``s3://``): VQ grids for cognition turns, cached VAE latents."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able, the placement as ``ResolvedPlacement.to_dict`` writes it."""
+        return {**asdict(self), "placement": self.placement.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageSpec:
-        return cls(**data)
+        """The spec :meth:`to_dict` wrote, its placement a :class:`ResolvedPlacement` again."""
+        return cls(**{**data, "placement": ResolvedPlacement.from_dict(data["placement"])})
 
 
 __all__ = ["CHECKPOINT_TAG", "EXPORT_DIR", "PROGRESS_FILE", "StageSpec"]

@@ -1,10 +1,11 @@
 """DeepSpeed behind one object (OpenRLHF's strategy): the trainer never calls DeepSpeed itself.
 
-:class:`DeepSpeedStrategy` turns a stage's resolved placement into a DeepSpeed config (:attr:`ds_config`, logged
-as an artifact), wraps the model with one AdamW param group per trainable part (:func:`param_groups`), and
-exposes ``backward`` / ``step`` / ``save`` / ``load``. Gradient accumulation is DeepSpeed's: every micro-batch
-calls ``backward`` then ``step``; the engine reduces and applies the optimizer (and steps the LR scheduler) only
-at accumulation boundaries.
+:class:`DeepSpeedStrategy` turns a stage's resolved placement (``cluster.ResolvedPlacement``) into a DeepSpeed
+config (:attr:`ds_config`, logged as an artifact), wraps the model with one AdamW param group per trainable part
+(:func:`param_groups`), and exposes ``backward`` / ``step`` / ``save`` / ``load`` and the ZeRO-3 gathering
+(:meth:`~DeepSpeedStrategy.gathered`). Gradient accumulation is DeepSpeed's: every micro-batch calls
+``backward`` then ``step``; the engine reduces and applies the optimizer (and steps the LR scheduler) only at
+accumulation boundaries.
 
 Precision: bf16 on GPUs, fp32 on CPU (DeepSpeed's CPU accelerator with gloo, as the tests run it). Frozen
 parts (``requires_grad`` False, set by :func:`vlsa_platform.model.parts.set_trainable` before ``prepare``) are
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cluster import ResolvedPlacement
 from ..config.schema import LearningRates
 from ..model.parts import part_of
 
@@ -131,15 +133,15 @@ class DeepSpeedStrategy:
     _last_norm: float | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def from_placement(cls, placement: dict[str, Any], **kwargs: Any) -> DeepSpeedStrategy:
-        """From a resolved placement (``Placement.resolved()`` or the plan's ``placement``), whose
-        ``num_workers`` is the world size; ``kwargs`` set the rest (``bf16``, ``max_grad_norm``...)."""
+    def from_placement(cls, placement: ResolvedPlacement, **kwargs: Any) -> DeepSpeedStrategy:
+        """From a stage's resolved placement (``cluster.derive_placement``), whose ``num_workers`` is the world
+        size; ``kwargs`` set the rest (``bf16``, ``max_grad_norm``...)."""
         return cls(
-            zero_stage=placement["zero_stage"],
-            offload=placement["offload"],
-            micro_batch=placement["micro_batch"],
-            grad_accum=placement["grad_accum"],
-            world_size=placement["num_workers"],
+            zero_stage=placement.zero_stage,
+            offload=placement.offload,
+            micro_batch=placement.micro_batch,
+            grad_accum=placement.grad_accum,
+            world_size=placement.num_workers,
             **kwargs,
         )
 
@@ -349,14 +351,18 @@ class DeepSpeedStrategy:
         """The device the engine computes on (batches go there)."""
         return self._need_engine().device
 
-    def gathered(self, module: nn.Module) -> Any:
+    def gathered(self, module: nn.Module, recurse: bool = True) -> Any:
         """Context in which ``module``'s parameters are whole on every rank (ZeRO-3 partitions them; a no-op
-        for ZeRO 0-2). Every rank must enter it together."""
+        for ZeRO 0-2). Every rank must enter it together.
+
+        ``recurse`` False: only the module's own parameters, not its sub-modules'. ZeRO-3 gathers those in the
+        module's forward hook, which ``generate`` does not go through (anyres's ``image_newline`` is one);
+        sub-modules gather theirs in their own hooks."""
         if self.zero_stage != 3:
             return contextlib.nullcontext()
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        return deepspeed.zero.GatheredParameters(list(module.parameters(recurse=recurse)), modifier_rank=None)
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The whole model's state dict as CPU copies (no shared storage) on rank 0, ``None`` on the others.

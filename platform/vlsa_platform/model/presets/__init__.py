@@ -16,15 +16,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ...config.vocabulary import PRESETS
 from ..attention import resolve_attn_implementation
 from ..configuration_vlsa import VLSAConfig
+from ..tokenizer import IMAGE_TOKEN, PAPER_TOKENIZER_SOURCE, load_tiny_tokenizer
 
-PRESETS: tuple[str, ...] = ("paper", "tiny")
 _HERE = Path(__file__).parent
 
 #: Where the paper preset's weights come from (hub id, subfolder); the experiment file may point elsewhere.
 PAPER_SOURCES: dict[str, tuple[str, str | None]] = {
-    "llm": ("meta-llama/Meta-Llama-3-8B-Instruct", None),
+    "llm": (PAPER_TOKENIZER_SOURCE, None),
     "vision_encoder": ("openai/clip-vit-large-patch14-336", None),
     "vae": ("stabilityai/stable-diffusion-3-medium-diffusers", "vae"),
     "denoiser": ("stabilityai/stable-diffusion-3-medium-diffusers", "transformer"),
@@ -42,8 +43,6 @@ def _paper(name: str) -> dict[str, Any]:
 
 
 def _tiny_configs() -> dict[str, Any]:
-    from ..tokenizer import IMAGE_TOKEN, load_tiny_tokenizer
-
     tokenizer = load_tiny_tokenizer()
     return {
         "vision": {
@@ -194,4 +193,4 @@ def build_vlsa_config(
     )
 
 
-__all__ = ["PAPER_SOURCES", "PRESETS", "build_vlsa_config", "vq_config"]
+__all__ = ["PAPER_SOURCES", "build_vlsa_config", "vq_config"]

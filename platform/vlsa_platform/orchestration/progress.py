@@ -4,11 +4,11 @@
   a stage's reports to Tune only at validation points (every ``data.validation.every_steps`` and at stage
   ends), each merged with the latest training metrics (stage, step, losses) and only when it then carries the
   sweep metric. Tune's ``training_iteration`` thus counts validations, which is the unit of ASHA's rungs
-  (:mod:`.sweep`), and Optuna always sees its metric.
+  (:mod:`.decisions`), and Optuna always sees its metric.
 - :class:`ProgressCallback` (a Tune callback) prints one line per event — a trial starting, validating,
   finishing, stopped early by ASHA, failing — instead of Tune's full table, keeps a JSON snapshot of the trials
   for ``vlsa-platform status`` and marks early-stopped trials' MLflow runs ``KILLED`` (their process was ended,
-  so they could not close their runs themselves).
+  so they could not close their runs themselves; :mod:`vlsa_platform.tracking.children`).
 """
 
 from __future__ import annotations
@@ -19,27 +19,23 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from .. import storage
 from ..config.schema import ExperimentConfig
-from ..tracking import names
-from .records import RECORDS_DIR, TRIALS_FILE
+from ..tracking import children, names
+from .decisions import tune_report
+from .ledger import RECORDS_DIR, TRIALS_FILE
+from .submission_types import SubmissionSpec, TrialOutcome
 from .sweep import describe_values, trial_run
-from .training import decision_file, run_dir, tune_report
-
-if TYPE_CHECKING:
-    from .submission import SubmissionSpec, TrialOutcome
+from .training import run_dir
 
 log = logging.getLogger(__name__)
 
 _SHOWN = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC)
-TAG_EARLY_STOPPED = "vlsa.early_stopped"
-"""On the child run of a trial ASHA stopped early (its status is ``KILLED``)."""
 
 
 class ValidationReportCallback(TuneReportCallback):
@@ -55,44 +51,6 @@ class ValidationReportCallback(TuneReportCallback):
         merged = tune_report(self._latest, metrics[0], self._metric)
         if merged is not None:
             super().after_report(run_context, [merged], checkpoint)
-
-
-class DecisionBoard:
-    """Where the scheduler's decision on each validation of a trial is posted for the trial's workers, which
-    wait for it (:func:`.training.run_training` with ``await_decisions``): Tune acts on a decision by ending the
-    trial's processes, which takes seconds, while a stage trains on; a worker that waits trains no step past
-    the rung that stopped it. Picklable: Tune keeps the scheduler in its experiment state."""
-
-    def __init__(self, config: ExperimentConfig, runs_root: str) -> None:
-        self.config = config
-        self.runs_root = runs_root
-
-    def post(self, trial: Any, result: dict[str, Any], decision: str) -> None:
-        if "global_step" not in result:
-            return
-        try:
-            name = trial_run(self.config, dict(trial.config), trial.trial_id).run.name
-            directory = run_dir(self.runs_root, self.config.name, name)
-            verdict = "stop" if decision == TrialScheduler.STOP else "continue"
-            storage.write_text(
-                decision_file(directory, result["global_step"]), json.dumps({"decision": verdict})
-            )
-        except Exception as err:  # the worker gives up waiting after a while: never end the sweep for this
-            log.warning("could not post the scheduler's decision for trial %s: %s", trial.trial_id, err)
-
-
-class PostingASHAScheduler(ASHAScheduler):
-    """Tune's ASHA, posting each decision it takes on a trial's result to a :class:`DecisionBoard`."""
-
-    def __init__(self, board: DecisionBoard | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.board = board
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if self.board is not None:
-            self.board.post(trial, result, decision)
-        return decision
 
 
 def _number(value: Any) -> str:
@@ -127,7 +85,7 @@ class ProgressCallback(Callback):
         self.last_stage = list(config.stages)[-1]
         self.snapshot = (
             Path(sub.workdir) / RECORDS_DIR / sub.submission_id / TRIALS_FILE
-        )  # records.py's layout
+        )  # the ledger's layout
 
     # -- pickling: Tune keeps its callbacks in the experiment state; a resumed submission gives new ones
 
@@ -220,8 +178,6 @@ class ProgressCallback(Callback):
     def outcomes(self, results: Any) -> list[TrialOutcome]:
         """The trials at the end of ``Tuner.fit``: each as its events left it, or (trials that ended before a
         resume) as Tune's result says; a trial never started is ``not run``, one cut off ``interrupted``."""
-        from .submission import TrialOutcome
-
         out = []
         for result in results:
             metrics = dict(result.metrics or {})
@@ -265,41 +221,18 @@ class ProgressCallback(Callback):
         self._write()
         return out
 
-    def _client(self) -> Any:
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri)
-
-    def _children(self, client: Any, extra: str = "") -> list[Any]:
-        parent = client.get_run(self.parent_run_id)
-        query = f"tags.`{names.TAG_PARENT_RUN}` = '{self.parent_run_id}'" + extra
-        return list(client.search_runs([parent.info.experiment_id], query, max_results=10_000))
-
     def _close_child(self, trial_id: str, status: str, early: bool = False) -> None:
         try:
-            client = self._client()
-            for run in self._children(client, f" and tags.`{names.TAG_TRIAL_ID}` = '{trial_id}'"):
-                if run.info.status == "RUNNING":
-                    if early:
-                        client.set_tag(run.info.run_id, TAG_EARLY_STOPPED, "true")
-                    client.set_terminated(run.info.run_id, status)
+            children.close_trial_run(self.tracking_uri, self.parent_run_id, trial_id, status, early=early)
         except Exception as err:  # tracking must never end a sweep
             log.warning("could not close the MLflow run of trial %s: %s", trial_id, err)
 
     def close_stopped_children(self) -> None:
-        """At the end of the submission no trial runs: a child run still ``RUNNING`` was ended from outside
-        (interrupt, early stop) and is marked ``KILLED``. A trial that ASHA stopped is ``KILLED`` and tagged
-        whatever its process did on the way out (Tune stops a trial's process after telling its callbacks, so
-        the process may still have ended its run ``FAILED``)."""
+        """At the end of the submission: the child runs still ``RUNNING`` marked ``KILLED``, and those of the
+        trials ASHA stopped ``KILLED`` and tagged (:func:`vlsa_platform.tracking.children.close_stopped_children`)."""
         early = {row["trial_id"] for row in self.trials.values() if row["status"] == "stopped early"}
         try:
-            client = self._client()
-            for run in self._children(client):
-                stopped = run.data.tags.get(names.TAG_TRIAL_ID) in early
-                if stopped and run.data.tags.get(TAG_EARLY_STOPPED) != "true":
-                    client.set_tag(run.info.run_id, TAG_EARLY_STOPPED, "true")
-                if run.info.status == "RUNNING" or (stopped and run.info.status != "KILLED"):
-                    client.set_terminated(run.info.run_id, "KILLED")
+            children.close_stopped_children(self.tracking_uri, self.parent_run_id, early)
         except Exception as err:
             log.warning("could not close the child runs of %s: %s", self.parent_run_id, err)
 
@@ -316,8 +249,6 @@ def _error_text(trial: Any) -> str | None:
 
 
 __all__ = [
-    "DecisionBoard",
-    "PostingASHAScheduler",
     "ProgressCallback",
     "ValidationReportCallback",
 ]

@@ -1,4 +1,5 @@
-"""A stage's data on one worker: its shard of each epoch, as micro-batches, resumable at any micro-step.
+"""A stage's data on one worker: its shard of each epoch, as micro-batches, resumable at any micro-step (the
+records, datasets and mixtures themselves are :mod:`vlsa_platform.data`'s).
 
 Every rank computes the same epoch order (``data.mixture``, seeded by the experiment's seed and the epoch) and
 takes every ``world_size``-th sample of it. Under ZeRO-2 or ZeRO-3 with several ranks the order is first grouped by
@@ -37,6 +38,11 @@ class Batch:
     tensors: dict[str, torch.Tensor]
     skips: tuple[Skip, ...] = ()
     samples: int = 0
+
+
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A micro-batch's tensors on ``device`` (the strategy's)."""
+    return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
 
 
 @dataclass
@@ -201,4 +207,4 @@ class StageData:
         return self._loader(Subset(self._dataset(shard, 0), range(usable)))
 
 
-__all__ = ["Batch", "DataSources", "StageData", "cognition_hook"]
+__all__ = ["Batch", "DataSources", "StageData", "cognition_hook", "to_device"]

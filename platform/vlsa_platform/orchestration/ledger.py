@@ -1,5 +1,5 @@
-"""Where ``status``, ``logs``, ``stop`` and ``resume`` find a submission: one folder per submission in the
-work directory.
+"""The ledger of submissions: where ``status``, ``logs``, ``stop`` and ``resume`` find a submission, one folder
+per submission in the work directory (:data:`DEFAULT_WORKDIR` unless given).
 
     <workdir>/submissions/<submission id>/
         submission.json     this record: the spec, where it runs (local pid or cluster job), its state
@@ -17,8 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .submission import SubmissionSpec
+from .submission_types import SubmissionSpec
 
+DEFAULT_WORKDIR = ".vlsa"
+"""Local work directory when none is given: the local MLflow store (``mlruns.db``, ``mlartifacts/``), the
+default run storage (``storage/``) and the submission records (``submissions/``); relative to the current
+directory."""
 RECORDS_DIR = "submissions"
 RECORD_FILE = "submission.json"
 LOG_FILE = "driver.log"
@@ -140,6 +144,7 @@ def find(workdir: str | os.PathLike[str], wanted: str | None = None) -> Submissi
 
 
 __all__ = [
+    "DEFAULT_WORKDIR",
     "FAILED",
     "FINISHED",
     "RUNNING",

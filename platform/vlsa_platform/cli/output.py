@@ -1,0 +1,112 @@
+"""What ``vlsa-platform`` prints, shared by its verbs: the plan as a table (:func:`render_plan`), aligned
+tables (:func:`table`), parameter counts (:func:`human`), a submission's trial summary (:func:`summary`) and
+the one-line error (:func:`error`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from ..orchestration.submission_types import SubmissionResult
+
+
+def human(n: int) -> str:
+    """``8030261248`` -> ``8.03B``."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """``rows`` (the first the header) as lines of left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def print_rows(rows: list[list[str]]) -> None:
+    print("\n".join(table(rows, indent="")))
+
+
+def error(verb: str, message: Any) -> None:
+    """``vlsa-platform VERB: message`` on stderr, on one line."""
+    print(f"vlsa-platform {verb}: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _memory(place: dict[str, Any]) -> str:
+    """``"61.2/80 GiB"`` (estimate / card) on an accelerator class, ``"-"`` without one."""
+    if place.get("accelerator_memory_gib") is None or place.get("memory_gib_per_gpu") is None:
+        return "-"
+    fits = "" if place.get("fits") is not False else " (does not fit)"
+    return f"{place['memory_gib_per_gpu']:.1f}/{place['accelerator_memory_gib']:g} GiB{fits}"
+
+
+def _stage_row(stage: dict[str, Any]) -> list[str]:
+    place = stage["placement"]
+    where = f"{place['num_workers']}x{place['accelerator_type'] or ('GPU' if place['use_gpu'] else 'CPU')}"
+    offload = f" offload={place['offload']}" if place["offload"] != "none" else ""
+    return [
+        stage["name"],
+        ",".join(stage["trainable"]),
+        human(stage["params_total"]),
+        human(stage["params_trainable"]),
+        f"{stage['loss']['llm_weight']:g}/{stage['loss']['rec_weight']:g}",
+        "?" if stage["steps"] is None else str(stage["steps"]),
+        f"{where} zero{place['zero_stage']}{offload} "
+        f"batch {place['micro_batch']}x{place['num_workers']}x{place['grad_accum']}={place['global_batch']}",
+        _memory(place),
+    ]
+
+
+def render_plan(plan: dict[str, Any], source: str) -> str:
+    """The plan as a compact, human-readable table."""
+    lines = [
+        f"{source}: experiment {plan['experiment']!r} — {plan['kind']}, scale {plan['scale']}, "
+        f"{plan['num_trials']} run{'s' if plan['num_trials'] != 1 else ''}"
+    ]
+    if plan["search_space"]:
+        lines.append("  search space:")
+        for key, domain in plan["search_space"].items():
+            ((kind, values),) = domain.items()
+            lines.append(f"    {key}: {kind} {json.dumps(values)}")
+    for run in plan["runs"]:
+        switches = run["model"]
+        flags = [switches["vision"], *(name for name in ("recon", "cognition", "lora") if switches[name])]
+        lines.append(
+            f"  run {run['label']}  [{' + '.join(flags)}]  {run['visual_tokens_per_image']} visual tokens/image"
+        )
+        rows = [
+            ["stage", "trainable", "params", "trained", "loss llm/rec", "steps", "placement", "memory/GPU"]
+        ]
+        notes = []
+        for stage in run["stages"]:
+            notes.extend(f"    ! {stage['name']}: {warning}" for warning in stage.get("warnings", []))
+            rows.append(_stage_row(stage))
+        lines.extend(table(rows, indent="    "))
+        lines.extend(notes)
+    return "\n".join(lines)
+
+
+def summary(result: SubmissionResult, metric: str) -> list[str]:
+    """A finished submission's trials: status, ``metric`` and the values that set each apart."""
+    from ..orchestration.sweep import describe_values  # the plan's imports: not for every verb's start
+
+    rows = [["trial", "status", metric, "values"]]
+    for trial in result.trials:
+        value = trial.metrics.get(metric)
+        rows.append(
+            [
+                trial.name,
+                trial.status,
+                "-" if value is None else f"{value:.4g}",
+                describe_values(trial.values),
+            ]
+        )
+    return table(rows)
+
+
+__all__ = ["error", "human", "print_rows", "render_plan", "summary", "table"]

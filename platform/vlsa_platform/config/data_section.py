@@ -1,0 +1,125 @@
+"""The ``data`` section: named datasets, mixtures (a stage's share of each dataset), cognition-turn settings,
+validation data and tokenization limits.
+
+Whether the dataset names a mixture or a stage uses exist is checked by ``ExperimentConfig`` (:mod:`.schema`),
+which sees the whole file; a stage's ``mixture: NAME`` is expanded there too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, StringConstraints, field_validator
+
+from .vocabulary import SYNTHETIC_DATASET, Fraction, Name, Sampling, Section
+
+
+class DatasetConfig(Section):
+    """One dataset in LLaVA's conversation format (a JSON list of ``{id, image, conversations}`` records)."""
+
+    path: Annotated[str, StringConstraints(min_length=1)]
+    """The JSON file: a local path (relative ones resolve against ``data.root``, else the working directory),
+    ``s3://bucket/key``, or ``bundled:synthetic`` for the package's synthetic data."""
+    image_root: str | None = None
+    """Directory (local or ``s3://``) that the records' ``image`` paths are relative to; ``null`` = beside ``path``."""
+    split: str | None = None
+    """Name of a split inside the source, for sources that hold several; ``null`` = the whole file."""
+    num_samples: PositiveInt | None = None
+    """Number of records, if known: lets the plan turn ``epochs`` into steps without reading the data."""
+
+    @field_validator("path", "image_root")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        if value is None or value == SYNTHETIC_DATASET:
+            return value
+        if value.startswith("bundled:"):
+            raise ValueError(f"unknown bundled dataset {value!r}; the only one is {SYNTHETIC_DATASET!r}")
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError(f"{value!r}: only local paths and s3:// locations are supported")
+        return value
+
+
+class MixtureEntry(Section):
+    """One dataset's share of a stage's training data (as LLaVA-NeXT's data YAML)."""
+
+    dataset: Name
+    """Name of an entry of ``data.datasets``."""
+    sampling: Sampling = "all"
+    """Which records: ``all``, ``first:N``, ``random:N``, ``first:N%`` or ``random:N%`` (random = seeded by ``seed``)."""
+    weight: PositiveFloat = 1.0
+    """Multiplier on this entry's share of an epoch: it contributes ``weight x (sampled size)`` examples per epoch
+    (2 = each record twice, 0.5 = a random half each epoch). 1 everywhere = plain concatenation."""
+
+
+class CognitionConfig(Section):
+    """Cognition-alignment turns (paper §3.2), added to image samples when ``model.cognition`` is on."""
+
+    p_vq: Fraction = 0.5
+    """Probability that an image sample gets a VQ question (codebook indices of a window of its latent grid)."""
+    p_px: Fraction = 0.5
+    """Probability that an image sample gets a pixel question (mean RGB of a grid of cells in a quarter box)."""
+    vq_window: PositiveInt = 4
+    """``k``: the VQ question asks for a random ``k x k`` window of the VQ latent grid."""
+    px_grid: PositiveInt = 2
+    """``g``: the pixel answer lists the mean RGB of ``g x g`` cells of the box."""
+    vq_format: Literal["text", "special"] = "text"
+    """How indices are written: ``text`` (decimal numbers) or ``special`` (added tokens ``<vq_0>``..., the LLM's
+    embeddings resized by the codebook size)."""
+
+
+class ValidationSet(Section):
+    """Data for the validation metrics: the losses ``val/loss_llm`` and ``val/loss_rec``, greedy-decoding
+    accuracy ``val/exact_match``, ``val/vq_accuracy``, ``val/px_accuracy``, and ``val/psnr``."""
+
+    dataset: Name
+    """Name of an entry of ``data.datasets``."""
+    sampling: Sampling = "random:1000"
+    """Which records to validate on (same rules as a mixture's ``sampling``)."""
+    holdout: bool = True
+    """Keep these records out of every training mixture that uses the same dataset."""
+    every_steps: PositiveInt | None = None
+    """Validate every this many optimizer steps; ``null`` = at the end of each stage only."""
+    generate_samples: Annotated[int, Field(ge=0)] = 8
+    """Validation samples per pass (over all ranks, split evenly, rounded up; the first of each rank's shard)
+    whose answers are decoded greedily for ``val/exact_match``, ``val/vq_accuracy`` and ``val/px_accuracy``: each
+    one's first complete text answer and its first VQ and pixel answers. 0 = no decoding (those metrics NaN)."""
+    generate_extra_tokens: Annotated[int, Field(ge=0)] = 4
+    """A decoded answer may run this many tokens past the reference's length (and its end-of-turn token)
+    before decoding stops; longer answers are cut there (and cannot match)."""
+    generate_batch: PositiveInt = 8
+    """Answers of one kind decoded together in one ``generate`` call on a rank (prompts left-padded): fewer calls
+    (under ZeRO-3 each decoding step all-gathers every layer once, whatever the batch) for more memory."""
+    psnr_images: Annotated[int, Field(ge=0)] | None = 16
+    """Validation images per pass (over all ranks, split evenly; the first of each rank's shard) whose
+    reconstruction the frozen VAE decodes for ``val/psnr``; ``null`` = every image, 0 = none (NaN)."""
+
+
+class DataConfig(Section):
+    """Datasets, named mixtures, cognition-turn settings and tokenization limits."""
+
+    root: str | None = None
+    """Prefix (local directory or ``s3://bucket/prefix``) for relative dataset paths and image roots; ``null`` =
+    the working directory. Moving from a laptop to S3 means changing only this."""
+    datasets: dict[Name, DatasetConfig] = Field(min_length=1)
+    """Named datasets; stages, mixtures and ``validation`` refer to them by name."""
+    mixtures: dict[Name, list[MixtureEntry]] = Field(default_factory=dict)
+    """Named mixtures a stage can use by name (``mixture: NAME``), e.g. to sweep over data choices."""
+    cognition: CognitionConfig = Field(default_factory=CognitionConfig)
+    """Cognition-alignment turn settings."""
+    max_length: Annotated[int, Field(ge=64)] = 4096
+    """Longest tokenized sample (visual tokens included); longer ones are truncated."""
+    on_bad_sample: Literal["skip", "fail"] = "skip"
+    """What a missing or unreadable image / malformed record does: ``skip`` it (counted) or ``fail`` the run."""
+    loader_workers: Annotated[int, Field(ge=0)] = 2
+    """Data-loading processes per training worker (PyTorch ``DataLoader``); 0 = load in the training process."""
+    validation: ValidationSet | None = None
+    """Validation data; ``null`` = no validation losses (a sweep on a ``val/`` metric needs it)."""
+
+
+__all__ = [
+    "CognitionConfig",
+    "DataConfig",
+    "DatasetConfig",
+    "MixtureEntry",
+    "ValidationSet",
+]

@@ -1,0 +1,66 @@
+"""The ``cluster``, ``tracking`` and ``storage`` sections: what the planner knows of the accelerators, the MLflow
+settings, and where checkpoints and artifacts go."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from .keys import OPEN_MAPPING
+from .vocabulary import AcceleratorName, Section
+
+
+class AcceleratorSpec(Section):
+    """An accelerator class in the planning table (overrides or extends the built-in entry of that name)."""
+
+    memory_gb: PositiveFloat | None = None
+    """Memory per device in GiB."""
+    bf16_tflops: PositiveFloat | None = None
+    """Dense bf16 peak in TFLOP/s (for MFU and time estimates)."""
+    hourly_usd: NonNegativeFloat | None = None
+    """Price per device-hour (for ``cost/gpu_hours`` and estimates)."""
+
+
+class ClusterConfig(Section):
+    """What the planner knows about the cluster."""
+
+    accelerators: dict[AcceleratorName, AcceleratorSpec] = Field(
+        default_factory=dict, json_schema_extra={OPEN_MAPPING: True}
+    )
+    """Accelerator-table overrides by Ray accelerator type (``A10G``, ``A100-80G``, ``H100``...)."""
+
+
+class TrackingConfig(Section):
+    """MLflow tracking."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking URI; ``null`` = ``$MLFLOW_TRACKING_URI``, else a local SQLite store in the work directory."""
+    log_every: PositiveInt = 10
+    """Log training metrics every this many optimizer steps."""
+    recon_every: PositiveInt | None = 500
+    """Log a reconstruction panel (ground truth beside the decoded denoised latent, PNG) every this many
+    optimizer steps, at the first micro-batch with images from then on; ``null`` = never. Needs ``model.recon``."""
+    recon_samples: PositiveInt = 2
+    """Images per reconstruction panel (at most the micro-batch's)."""
+
+
+class StorageConfig(Section):
+    """Where checkpoints and run artifacts go."""
+
+    path: str | None = None
+    """A local directory or ``s3://bucket/prefix``; ``null`` = a folder under the local work directory."""
+    keep_checkpoints: PositiveInt = 2
+    """Checkpoints kept besides every stage's final one (the newest; Ray Train's ``CheckpointConfig``): the
+    final checkpoint of each stage stays, as the next stage starts from its export."""
+    max_failures: Annotated[int, Field(ge=-1)] = 3
+    """Worker failures a stage survives by restarting its workers from the latest checkpoint (Ray Train's
+    ``FailureConfig``); ``-1`` = no limit, ``0`` = the first failure ends the run."""
+
+
+__all__ = [
+    "AcceleratorSpec",
+    "ClusterConfig",
+    "StorageConfig",
+    "TrackingConfig",
+]

@@ -1,0 +1,176 @@
+"""The words every section of the experiment schema shares, and the base class of its sections.
+
+Names of the model parts, vision modes, presets, attention kernels and metrics, the bundled-dataset path, the
+default LoRA targets, the constrained string types (``Name``, ``Sampling``...) and the small rules several
+sections apply (sampling strings, which parts a variant has, ``grad_accum``). Imports neither torch nor any
+other section: the model side (``vlsa_platform.model``) imports its part names, vision modes, presets,
+attention kernels and LoRA targets from here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from .errors import FieldIssue
+
+#: A part a stage can make trainable, in the order the paper introduces them (the VAE is always frozen).
+Part = Literal["vision_encoder", "sa_perceiver", "projector", "llm", "epigone", "denoiser"]
+PartOrAll = Literal[Part, "all"]
+#: Parts a stage can make trainable (``vlsa_platform.model.parts`` adds the frozen ``vae``).
+TRAINABLE_PARTS: tuple[str, ...] = get_args(Part)
+
+#: How images reach the LLM (paper Table 3): the VLSA SA-Perceiver, LLaVA-NeXT's anyres, or low-res only.
+VisionMode = Literal["anyres", "lowres", "sa_perceiver"]
+VISION_MODES: tuple[str, ...] = get_args(VisionMode)
+
+#: Model presets: the paper's sub-models, or the same classes small (``vlsa_platform.model.presets``).
+Preset = Literal["paper", "tiny"]
+PRESETS: tuple[str, ...] = get_args(Preset)
+
+#: Attention kernels of the transformers sub-models (``vlsa_platform.model.attention``).
+AttnImplementation = Literal["auto", "sdpa", "flash_attention_2", "eager"]
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttnImplementation)
+
+#: Metric keys the trainer reports (DESIGN.md §4); a sweep optimises one of them.
+METRICS: tuple[str, ...] = (
+    "loss/total",
+    "loss/llm",
+    "loss/rec",
+    "loss/vq",
+    "loss/px",
+    "lr",
+    "stage",
+    "throughput/samples_per_s",
+    "val/loss_llm",
+    "val/loss_rec",
+    "cost/gpu_hours",
+    "val/exact_match",
+    "val/vq_accuracy",
+    "val/px_accuracy",
+    "val/psnr",
+)
+
+#: Dataset path that stands for the synthetic data bundled with the package (``--scale tiny`` uses it).
+SYNTHETIC_DATASET = "bundled:synthetic"
+
+#: LLaMA's linear layers, the default LoRA targets (``vlsa_platform.model.lora`` uses them too).
+LLAMA_LINEARS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+#: Names of stages, datasets, mixtures and variants: they become MLflow run names and dotted-key segments.
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
+AcceleratorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+_SAMPLING = re.compile(r"^(?:all|(first|random):(?:(\d+)|(\d+(?:\.\d+)?)%))$")
+
+
+def parse_sampling(text: str) -> tuple[str, int | None, float | None]:
+    """``"all"`` -> ``("all", None, None)``; ``"first:1000"`` -> ``("first", 1000, None)``;
+    ``"random:10%"`` -> ``("random", None, 10.0)``. Raises ``ValueError`` for anything else."""
+    match = _SAMPLING.match(text.strip())
+    if not match:
+        raise ValueError(
+            f"bad sampling {text!r}: expected all, first:N, random:N, first:N% or random:N% (as LLaVA-NeXT)"
+        )
+    mode, count, percent = match.groups()
+    if mode is None:
+        return "all", None, None
+    if count is not None:
+        if int(count) < 1:
+            raise ValueError(f"bad sampling {text!r}: N must be at least 1")
+        return mode, int(count), None
+    if not 0.0 < float(percent) <= 100.0:
+        raise ValueError(f"bad sampling {text!r}: a percentage must be in (0, 100]")
+    return mode, None, float(percent)
+
+
+def _checked_sampling(text: str) -> str:
+    parse_sampling(text)
+    return text.strip()
+
+
+#: A mixture entry's or validation set's ``sampling`` rule, checked and stripped.
+Sampling = Annotated[str, AfterValidator(_checked_sampling)]
+
+
+def sampled_size(sampling: str, available: int) -> int:
+    """How many of ``available`` samples a sampling rule keeps."""
+    _, count, percent = parse_sampling(sampling)
+    if count is not None:
+        return min(count, available)
+    if percent is not None:
+        return int(available * percent / 100.0)
+    return available
+
+
+def parts_present(vision: str, recon: bool) -> tuple[str, ...]:
+    """The trainable parts a variant has (``sa_perceiver`` only in VLSA mode, ``epigone``/``denoiser`` with recon)."""
+    present = {"vision_encoder", "projector", "llm"}
+    if vision == "sa_perceiver":
+        present.add("sa_perceiver")
+    if recon:
+        present |= {"epigone", "denoiser"}
+    return tuple(p for p in TRAINABLE_PARTS if p in present)
+
+
+def recon_needs_sa(vision: str) -> str:
+    """Why ``recon: true`` is refused with ``vision`` (the model section and each ablation variant say it)."""
+    return (
+        f"recon: true needs vision: sa_perceiver, not {vision} — the pooled embedding P that conditions the "
+        "denoiser is the SA-Perceiver's global query (paper Eq. 1-4); use recon: false with this vision mode"
+    )
+
+
+def derive_grad_accum(global_batch: int, micro_batch: int, num_workers: int, grad_accum: int | None) -> int:
+    """``global_batch / (micro_batch * num_workers)``, which must be a whole number (and equal ``grad_accum``
+    when that is given). Raises :class:`FieldIssue` blaming ``global_batch`` or ``grad_accum``."""
+    per_step = micro_batch * num_workers
+    if global_batch % per_step:
+        raise FieldIssue(
+            ("global_batch",),
+            f"global_batch {global_batch} is not a multiple of micro_batch {micro_batch} x num_workers "
+            f"{num_workers} = {per_step}, so no whole number of gradient-accumulation steps gives it",
+        )
+    derived = global_batch // per_step
+    if grad_accum is not None and grad_accum != derived:
+        raise FieldIssue(
+            ("grad_accum",),
+            f"grad_accum {grad_accum} disagrees with global_batch {global_batch} / (micro_batch {micro_batch} "
+            f"x num_workers {num_workers}) = {derived}; give two of the three, or make them agree",
+        )
+    return derived
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors; attribute docstrings become field descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+__all__ = [
+    "ATTN_IMPLEMENTATIONS",
+    "LLAMA_LINEARS",
+    "METRICS",
+    "PRESETS",
+    "SYNTHETIC_DATASET",
+    "TRAINABLE_PARTS",
+    "VISION_MODES",
+    "AcceleratorName",
+    "AttnImplementation",
+    "Fraction",
+    "Name",
+    "Part",
+    "PartOrAll",
+    "Preset",
+    "Sampling",
+    "Section",
+    "VisionMode",
+    "derive_grad_accum",
+    "parse_sampling",
+    "parts_present",
+    "recon_needs_sa",
+    "sampled_size",
+]

@@ -1,0 +1,64 @@
+"""``vlsa-platform report``: compare the child runs of an experiment, read back from MLflow.
+
+One submission is one parent run; each ablation variant or sweep trial is one child run nested under it by
+MLflow's ``mlflow.parentRunId`` tag (DESIGN.md §4). :func:`collect` reads them into a :class:`Report`: for each
+child its name, status, ``vlsa.variant``/``vlsa.trial_id`` tag, the params that differ between children (the
+flattened keys as logged, e.g. ``loss.rec_weight``), the value at the last step of every §4 metric and the
+history of the loss curves; and which child is best by a metric (``val/loss_llm``/``min`` unless told, or the
+parent run's ``sweep.metric``/``sweep.mode``). :func:`render_markdown`, :func:`render_html`, :func:`plot` and
+:func:`write_report` turn it into a table and PNG plots.
+
+- :mod:`.comparison`: the :class:`Report`, :class:`ChildRun` and :class:`Series` dataclasses;
+- :mod:`.queries`: :func:`collect`, the MLflow reads;
+- :mod:`.render`: Markdown and HTML;
+- :mod:`.plots`: the PNG plots (matplotlib, imported on first use).
+
+Only reads MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .comparison import ChildRun, Report, ReportError, Series
+from .plots import LOSS_CURVES_PNG, objective_plot_name, plot
+from .queries import DEFAULT_METRIC, DEFAULT_MODE, HISTORY_KEYS, collect
+from .render import BEST_MARK, format_value, render_html, render_markdown
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+
+
+def write_report(report: Report, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``report.md`` (linking the plots), ``report.html`` (plots embedded) and the PNGs of :func:`plot`
+    into ``out_dir``; returns file name -> path, in that order."""
+    out = Path(out_dir)
+    pngs = plot(report, out)
+    markdown = out / REPORT_MD
+    markdown.write_text(render_markdown(report, images=[p.name for p in pngs]), encoding="utf-8")
+    page = out / REPORT_HTML
+    page.write_text(render_html(report, images=pngs), encoding="utf-8")
+    return {REPORT_MD: markdown, REPORT_HTML: page, **{p.name: p for p in pngs}}
+
+
+__all__ = [
+    "BEST_MARK",
+    "DEFAULT_METRIC",
+    "DEFAULT_MODE",
+    "HISTORY_KEYS",
+    "LOSS_CURVES_PNG",
+    "REPORT_HTML",
+    "REPORT_MD",
+    "ChildRun",
+    "Report",
+    "ReportError",
+    "Series",
+    "collect",
+    "format_value",
+    "objective_plot_name",
+    "plot",
+    "render_html",
+    "render_markdown",
+    "write_report",
+]

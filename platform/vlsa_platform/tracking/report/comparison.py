@@ -1,0 +1,139 @@
+"""What a report holds: an experiment's child runs as read from MLflow, and which one is best.
+
+:class:`Report` (the children of one parent run, compared), :class:`ChildRun` (one variant or trial: status,
+label, params, final metric values, loss histories) and :class:`Series` (one metric's history). Plain frozen
+dataclasses: :mod:`.queries` fills them, :mod:`.render` and :mod:`.plots` draw them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from .. import names
+
+Mode = Literal["min", "max"]
+MODES: tuple[Mode, ...] = ("min", "max")
+
+
+def parse_number(text: str) -> float | None:
+    """``text`` as a finite float (param values are JSON: ``0.5``, ``1e-05``), else ``None``."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class ReportError(RuntimeError):
+    """The report cannot be made (unknown experiment or run, no child runs, unreadable store); one line."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One metric's history: one value per global step (the last one logged for a step), steps increasing."""
+
+    steps: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """One variant or trial of the experiment, as MLflow holds it."""
+
+    run_id: str
+    name: str
+    status: str
+    """MLflow run status: ``RUNNING``, ``FINISHED``, ``FAILED``, ``KILLED``, ``SCHEDULED``."""
+    label: str | None
+    """The ``vlsa.variant`` tag, else the ``vlsa.trial_id`` tag, else ``None``."""
+    label_tag: str | None
+    """Which of the two tags :attr:`label` came from."""
+    start_time: int | None
+    """Milliseconds since the epoch."""
+    params: Mapping[str, str]
+    """Every param of the run (the flattened resolved config)."""
+    final: Mapping[str, float | None]
+    """Value at the last logged step of each metric in ``names.METRICS`` (plus the report's metric);
+    ``None`` when the run never logged it."""
+    history: Mapping[str, Series]
+    """Full history of the :data:`~.queries.HISTORY_KEYS` the run logged."""
+
+    def value(self, key: str) -> float | None:
+        """The final value of ``key`` when it is a finite number, else ``None``."""
+        value = self.final.get(key)
+        return value if value is not None and math.isfinite(value) else None
+
+    def stage_changes(self) -> list[tuple[int, float]]:
+        """``(step, new stage)`` for every step at which the ``stage`` metric takes a new value (the first
+        step logged with that value)."""
+        series = self.history.get(names.STAGE)
+        if series is None:
+            return []
+        points = zip(series.steps, series.values, strict=True)
+        return [(step, value) for (_, before), (step, value) in itertools.pairwise(points) if value != before]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The children of one parent run, compared."""
+
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    parent_run_id: str
+    parent_name: str
+    metric: str
+    """Metric the best child is chosen by (its value at the last step)."""
+    mode: Mode
+    metric_source: str
+    """Where :attr:`metric`/:attr:`mode` came from: ``option``, ``parent run`` or ``default``."""
+    children: tuple[ChildRun, ...]
+    """In start order (then by name)."""
+    varied_params: tuple[str, ...]
+    """Params whose values differ across the children (absent in some counts as different), sorted."""
+    best_run_id: str | None
+    """The best child by :attr:`metric`/:attr:`mode`; ``None`` when no child has a finite value."""
+
+    @property
+    def best(self) -> ChildRun | None:
+        """The best child (see :attr:`best_run_id`)."""
+        return next((c for c in self.children if c.run_id == self.best_run_id), None)
+
+    @property
+    def label_header(self) -> str | None:
+        """Column title for the children's labels: ``variant``, ``trial``, both, or ``None`` without labels."""
+        tags = {c.label_tag for c in self.children if c.label_tag is not None}
+        if not tags:
+            return None
+        if tags == {names.TAG_VARIANT}:
+            return "variant"
+        if tags == {names.TAG_TRIAL_ID}:
+            return "trial"
+        return "variant/trial"
+
+    def numeric_params(self) -> tuple[str, ...]:
+        """Varied params whose value is a finite number in every child that has them, with at least two
+        distinct values (the ones an objective can be plotted against)."""
+        out = []
+        for key in self.varied_params:
+            numbers = [parse_number(c.params[key]) for c in self.children if key in c.params]
+            if numbers and all(n is not None for n in numbers) and len(set(numbers)) > 1:
+                out.append(key)
+        return tuple(out)
+
+    def metric_columns(self) -> tuple[str, ...]:
+        """Metrics shown in the table: the report's metric first, then every ``names.METRICS`` key some child
+        has a value for, in DESIGN §4's order."""
+        logged = [
+            key
+            for key in names.METRICS
+            if key != self.metric and any(c.final.get(key) is not None for c in self.children)
+        ]
+        return (self.metric, *logged)
+
+
+__all__ = ["MODES", "ChildRun", "Mode", "Report", "ReportError", "Series", "parse_number"]

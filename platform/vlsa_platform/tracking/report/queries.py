@@ -1,0 +1,258 @@
+"""The report's MLflow queries: the child runs of one parent run, read into a :class:`~.comparison.Report`.
+
+:func:`collect` finds the experiment and the parent run (the most recent one with children unless named),
+reads each child's tags, params, final metric values and the history of the :data:`HISTORY_KEYS`, and picks
+the best child by a metric (the caller's, else the parent run's ``sweep.metric``/``sweep.mode``, else
+``val/loss_llm``/``min``). Only reads MLflow, through :func:`~vlsa_platform.tracking.client.mlflow_client`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import names
+from ..client import mlflow_client, tracking_uri
+from ..store import TrackingStore
+from .comparison import MODES, ChildRun, Mode, Report, ReportError, Series
+
+DEFAULT_METRIC = names.VAL_LOSS_LLM
+"""The metric the best child is chosen by when neither the caller nor the parent run names one."""
+DEFAULT_MODE: Mode = "min"
+SWEEP_METRIC_PARAM = "sweep.metric"
+"""Parent-run param (the flattened ``sweep.metric`` of the experiment file) that names the sweep's metric."""
+SWEEP_MODE_PARAM = "sweep.mode"
+HISTORY_KEYS: tuple[str, ...] = (
+    names.LOSS_TOTAL,
+    names.LOSS_LLM,
+    names.LOSS_REC,
+    names.VAL_LOSS_LLM,
+    names.STAGE,
+)
+"""Metrics whose full history is read (for the plots); every other metric only at its last step."""
+_PAGE_SIZE = 1000  # MLflow's largest search_runs page
+
+
+def collect(
+    experiment: str,
+    store: TrackingStore | str | None,
+    parent_run_id: str | None = None,
+    *,
+    metric: str | None = None,
+    mode: Mode | None = None,
+) -> Report:
+    """Read the child runs of one parent run of ``experiment`` from MLflow.
+
+    Args:
+        experiment: the experiment's name (the experiment file's ``name``).
+        store: a resolved :class:`TrackingStore`, a tracking URI, or ``None`` for MLflow's own resolution.
+        parent_run_id: the parent run; default the most recent run without a parent that has child runs.
+        metric: metric to pick the best child by; default the parent run's ``sweep.metric`` param, else
+            ``val/loss_llm``.
+        mode: ``min`` or ``max``; default the parent's ``sweep.mode`` when the metric is the parent's
+            ``sweep.metric``, else ``min``.
+
+    Raises:
+        ReportError: unknown experiment (the message lists the known ones), unknown parent run, no child
+            runs, a local store file that does not exist, or MLflow failing to answer.
+    """
+    if mode is not None and mode not in MODES:
+        raise ReportError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    uri = tracking_uri(store)
+    _require_sqlite_file(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = mlflow_client(store)
+        where = uri or _default_uri()
+        return _collect(client, where, experiment, parent_run_id, metric, mode)
+    except MlflowException as err:
+        raise ReportError(f"MLflow at {uri or _default_uri()}: {_first_line(err)}") from err
+
+
+def _collect(
+    client: Any,
+    uri: str,
+    experiment: str,
+    parent_run_id: str | None,
+    metric: str | None,
+    mode: Mode | None,
+) -> Report:
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        known = sorted(e.name for e in client.search_experiments())
+        raise ReportError(
+            f"no experiment {experiment!r} in {uri}; known experiments: {', '.join(known) or '(none)'}"
+        )
+    experiment_id = found.experiment_id
+    if parent_run_id:
+        parent = _get_run(client, parent_run_id, uri)
+        if parent.info.experiment_id != experiment_id:
+            raise ReportError(f"run {parent_run_id} is not in experiment {experiment!r}")
+    else:
+        parent = _latest_parent(client, experiment, experiment_id)
+    parent_id = parent.info.run_id
+    runs = list(_search(client, experiment_id, f"tags.`{names.TAG_PARENT_RUN}` = '{_quote(parent_id)}'"))
+    if not runs:
+        raise ReportError(f"run {parent_id} of experiment {experiment!r} has no child runs")
+    runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_name or ""))
+
+    chosen_metric, chosen_mode, source = _objective(parent.data.params, metric, mode)
+    keys = names.METRICS if chosen_metric in names.METRICS else (*names.METRICS, chosen_metric)
+    children = tuple(_child(client, run, keys) for run in runs)
+
+    all_keys = sorted({key for child in children for key in child.params})
+    varied = tuple(key for key in all_keys if len({c.params.get(key) for c in children}) > 1)
+
+    scored = [(v, c.run_id) for c in children if (v := c.value(chosen_metric)) is not None]
+    best_id = None
+    if scored:
+        pick = min if chosen_mode == "min" else max
+        best_id = pick(scored, key=lambda pair: pair[0])[1]  # ties: the earliest child
+
+    return Report(
+        experiment=experiment,
+        experiment_id=experiment_id,
+        tracking_uri=uri,
+        parent_run_id=parent_id,
+        parent_name=parent.info.run_name or parent_id,
+        metric=chosen_metric,
+        mode=chosen_mode,
+        metric_source=source,
+        children=children,
+        varied_params=varied,
+        best_run_id=best_id,
+    )
+
+
+def _objective(
+    parent_params: Mapping[str, str], metric: str | None, mode: Mode | None
+) -> tuple[str, Mode, str]:
+    """(metric, mode, source): the caller's choice > the parent's ``sweep.metric``/``sweep.mode`` > default.
+    The parent's mode is only taken for the parent's own metric (it says nothing about another one)."""
+    parent_metric = parent_params.get(SWEEP_METRIC_PARAM)
+    parent_mode = parent_params.get(SWEEP_MODE_PARAM)
+    if parent_metric in {None, "", "null"}:
+        parent_metric = None
+    chosen = metric or parent_metric or DEFAULT_METRIC
+    if mode is not None:
+        chosen_mode: Mode = mode
+    elif parent_metric is not None and chosen == parent_metric and parent_mode in MODES:
+        chosen_mode = "max" if parent_mode == "max" else "min"
+    else:
+        chosen_mode = DEFAULT_MODE
+    if metric is not None or mode is not None:
+        source = "option"
+    elif parent_metric is not None:
+        source = "parent run"
+    else:
+        source = "default"
+    return chosen, chosen_mode, source
+
+
+def _child(client: Any, run: Any, keys: Sequence[str]) -> ChildRun:
+    """A :class:`ChildRun` from a searched run. MLflow keeps each metric's latest value as the one at the
+    highest step (then latest timestamp), which is what "final" means here; histories need one request each."""
+    tags = run.data.tags
+    label_tag = next((t for t in (names.TAG_VARIANT, names.TAG_TRIAL_ID) if tags.get(t)), None)
+    metrics = run.data.metrics
+    history = {}
+    for key in HISTORY_KEYS:
+        if key in metrics:
+            history[key] = _series(client.get_metric_history(run.info.run_id, key))
+    return ChildRun(
+        run_id=run.info.run_id,
+        name=run.info.run_name or tags.get(names.TAG_RUN_NAME) or run.info.run_id,
+        status=run.info.status,
+        label=tags.get(label_tag) if label_tag else None,
+        label_tag=label_tag,
+        start_time=run.info.start_time,
+        params=dict(run.data.params),
+        final={key: (float(metrics[key]) if key in metrics else None) for key in keys},
+        history=history,
+    )
+
+
+def _series(metrics: Sequence[Any]) -> Series:
+    """A metric history as one value per step (the last logged for a step wins), steps increasing."""
+    by_step: dict[int, float] = {}
+    for m in sorted(metrics, key=lambda m: (m.step, m.timestamp)):
+        by_step[int(m.step)] = float(m.value)
+    steps = tuple(sorted(by_step))
+    return Series(steps=steps, values=tuple(by_step[s] for s in steps))
+
+
+def _search(
+    client: Any, experiment_id: str, filter_string: str, order_by: list[str] | None = None
+) -> Iterator[Any]:
+    """Every active run of the experiment matching ``filter_string``, page by page."""
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            max_results=_PAGE_SIZE,
+            order_by=order_by,
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _latest_parent(client: Any, experiment: str, experiment_id: str) -> Any:
+    """The most recent run without a parent tag that some run names as its parent."""
+    runs = list(_search(client, experiment_id, "", ["attributes.start_time DESC"]))
+    parents = {r.data.tags.get(names.TAG_PARENT_RUN) for r in runs} - {None}
+    for run in runs:
+        if names.TAG_PARENT_RUN not in run.data.tags and run.info.run_id in parents:
+            return run
+    raise ReportError(
+        f"experiment {experiment!r} has no parent run with child runs ({len(runs)} run(s) in it)"
+    )
+
+
+def _get_run(client: Any, run_id: str, uri: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            raise ReportError(f"no run {run_id} in {uri}") from err
+        raise
+
+
+def _require_sqlite_file(uri: str | None) -> None:
+    """A ``sqlite:///`` store must exist already: MLflow would silently create an empty one."""
+    if uri and uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ReportError(f"no MLflow store at {path} (nothing tracked there yet)")
+
+
+def _default_uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+__all__ = [
+    "DEFAULT_METRIC",
+    "DEFAULT_MODE",
+    "HISTORY_KEYS",
+    "SWEEP_METRIC_PARAM",
+    "SWEEP_MODE_PARAM",
+    "collect",
+]
