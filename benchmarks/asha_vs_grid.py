@@ -102,6 +102,7 @@ def _settings(args: argparse.Namespace, values: list[float], scheduler: str) -> 
         "tracking.recon_every=null",
         "tracking.log_every=1",  # every step's losses: a trial's last logged step is the last it trained
         f"sweep.metric={args.metric}",
+        *([f"sweep.scheduler.rungs.from_stage={args.from_stage}"] if args.from_stage else []),
         *(f"stages.{s}.lr.default={args.lr}" for s in STAGES if args.lr),
     ]
 
@@ -114,12 +115,20 @@ class _Trial:
 
 
 def _replay_once(
-    sched: Any, curves: list[list[list[float]]], order: list[int], concurrent: int, metric: str
+    sched: Any,
+    curves: list[list[list[float]]],
+    order: list[int],
+    concurrent: int,
+    metric: str,
+    clock_at: Any,
 ) -> tuple[int, list[float]]:
-    """One replay: ``(steps spent, final values of the trials that ran to the end)``."""
+    """One replay: ``(steps spent, final values of the trials that ran to the end)``; ``clock_at(global step)``
+    is ASHA's rung clock at a validation there."""
     import heapq
 
     from ray.tune.schedulers import TrialScheduler
+
+    from vlsa_platform.orchestration.rungs import RUNG_CLOCK
 
     waiting = list(order)
     events: list[tuple[float, int, int]] = []  # (seconds, trial, validation index)
@@ -137,7 +146,8 @@ def _replay_once(
         now, index, k = heapq.heappop(events)
         step, value, _ = curves[index][k]
         spent[index] = int(step)
-        decision = sched.on_trial_result(None, _Trial(index), {"training_iteration": k + 1, metric: value})
+        result = {"training_iteration": k + 1, RUNG_CLOCK: clock_at(int(step)), metric: value}
+        decision = sched.on_trial_result(None, _Trial(index), result)
         if decision == TrialScheduler.STOP or k + 1 == len(curves[index]):
             if decision != TrialScheduler.STOP:
                 finals.append(value)
@@ -153,8 +163,8 @@ def replay(grid: list[dict], args: argparse.Namespace, values: list[float], orde
     """ASHA replayed on the grid's measured curves, in ``orders`` random arrival orders.
 
     The scheduler is the one a submission builds (``orchestration.decisions.scheduler``: Tune's ASHA with the same
-    grace period, reduction factor and rungs), fed each grid trial's validations as Tune would see them
-    (``training_iteration`` = validations so far). Trials start in the drawn order, ``--concurrent`` at a time,
+    grace period, reduction factor and rungs), fed each grid trial's validations as Tune would see them (the
+    rung clock: rung points from ``--from-stage`` on, read from each validation's global step). Trials start in the drawn order, ``--concurrent`` at a time,
     and each keeps its measured timing (seconds from its start to each validation), so results arrive at the
     rungs in the order they would have; a stopped trial frees its slot at the validation that stopped it.
     What it shows: how much of ASHA's saving on this grid comes from the order the trials arrive in.
@@ -163,8 +173,16 @@ def replay(grid: list[dict], args: argparse.Namespace, values: list[float], orde
 
     from vlsa_platform.config.loader import load_experiment
     from vlsa_platform.orchestration.decisions import scheduler as sweep_scheduler
+    from vlsa_platform.orchestration.plan import planned_rungs, stage_steps
 
     config = load_experiment(FILE, scale="tiny", overrides=_settings(args, values, "asha"))
+    rungs = planned_rungs(config)
+    assert rungs is not None
+    lengths = {name: int(stage_steps(config, stage) or 0) for name, stage in config.stages.items()}
+
+    def clock_at(global_step: int) -> int:
+        return rungs.clock.at_global_step(global_step, lengths)[0]
+
     curves = [t["curve"] for t in grid]
     grid_steps = sum(t["steps"] for t in grid)
     grid_best = min(t["final"] for t in grid if t["final"] is not None)
@@ -177,7 +195,7 @@ def replay(grid: list[dict], args: argparse.Namespace, values: list[float], orde
         sched.set_search_properties(args.metric, "min")
         order = list(range(len(curves)))
         rng.shuffle(order)
-        spent, finals = _replay_once(sched, curves, order, args.concurrent, args.metric)
+        spent, finals = _replay_once(sched, curves, order, args.concurrent, args.metric, clock_at)
         fractions.append(spent / grid_steps)
         gaps.append(min(finals) / grid_best - 1)
     fractions_a, gaps_a = np.array(fractions), np.array(gaps)
@@ -230,9 +248,14 @@ def main() -> None:
         "--grace",
         type=int,
         default=2,
-        help="ASHA grace period (validations); 2 puts the first rung 2 steps into stage 2 (with the default "
-        "steps and interval). 1 would put it at the end of stage 1, where the tiny model's trials tie up to "
-        "rounding",
+        help="ASHA grace period (validations from --from-stage on); 2 puts the first rung 4 steps into stage 3 "
+        "(with the default steps, interval and the file's rungs from stage3)",
+    )
+    parser.add_argument(
+        "--from-stage",
+        default=None,
+        help="the stage ASHA's rungs count from (sweep.scheduler.rungs.from_stage; default: the file's, stage3); "
+        "validate refuses one before the LLM trains when the metric is val/loss_llm",
     )
     parser.add_argument("--reduction", type=float, default=3.0, help="ASHA reduction factor")
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once")

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "jpeg_kib": round(jpeg_kib, 1),
         "batch_size": args.batch_size,
         "tile": config.vision_config.image_size,
-        "max_grid": list(config.max_grid),
+        "grid_pinpoints": config.grid_pinpoints,
         "recon_resolution": config.recon_resolution if config.recon else None,
         "tokens_per_sample": int(batch["attention_mask"].sum(1).float().mean()),
         "tokenizer": "tiny (bundled; LLaMA-3 chat template)",

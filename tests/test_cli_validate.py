@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +59,17 @@ def test_json_plan_shape(capsys):
 
 def test_ablation_paper_scale_visual_tokens(capsys):
     (plan,) = run_json(capsys, ABLATION)
-    assert plan["kind"] == "ablation" and plan["scale"] == "paper" and plan["num_trials"] == 6
+    assert plan["kind"] == "ablation" and plan["scale"] == "paper" and plan["num_trials"] == 7
     runs = {run["variant"]: run for run in plan["runs"]}
-    assert list(runs) == ["anyres", "lowres", "sa", "sa_recon", "anyres_cognition", "sa_recon_cognition"]
+    assert list(runs) == [
+        "anyres",
+        "lowres",
+        "sa",
+        "sa_recon",
+        "anyres_cognition",
+        "sa_recon_cognition",
+        "anyres_980k",
+    ]
     tokens = {name: run["visual_tokens_per_image"] for name, run in runs.items()}
     assert tokens == {
         "anyres": 2928,
@@ -69,6 +78,7 @@ def test_ablation_paper_scale_visual_tokens(capsys):
         "sa_recon": 576,
         "anyres_cognition": 2928,
         "sa_recon_cognition": 576,
+        "anyres_980k": 2928,
     }
     # parts a variant lacks are not listed; L_rec counts 0 without recon
     stage1 = {name: run["stages"][0] for name, run in runs.items()}
@@ -76,6 +86,24 @@ def test_ablation_paper_scale_visual_tokens(capsys):
     assert stage1["sa"]["trainable"] == ["sa_perceiver", "projector"]
     assert stage1["sa_recon"]["trainable"] == ["sa_perceiver", "projector", "epigone"]
     assert stage1["anyres"]["loss"]["rec_weight"] == 0.0 and stage1["sa_recon"]["loss"]["rec_weight"] == 1.0
+    # Table 3 as the paper ran it: LLaVA-NeXT's variants skip the LLaVAR stage (558K -> 790K); the 980K
+    # baseline pre-trains on the captions plus LLaVAR
+    stages = {name: [s["name"] for s in run["stages"]] for name, run in runs.items()}
+    two, three = ["stage1", "stage3"], ["stage1", "stage2", "stage3"]
+    assert stages == {
+        "anyres": two,
+        "lowres": two,
+        "sa": three,
+        "sa_recon": three,
+        "anyres_cognition": two,
+        "sa_recon_cognition": three,
+        "anyres_980k": two,
+    }
+    data = {name: [[m["dataset"] for m in s["mixture"]] for s in run["stages"]] for name, run in runs.items()}
+    assert data["anyres"] == [["llava_pretrain"], ["llava_next"]]
+    assert data["sa"] == [["llava_pretrain"], ["llavar"], ["llava_next"]]
+    assert data["anyres_980k"] == [["llava_pretrain", "llavar"], ["llava_next"]]
+    assert runs["anyres_980k"]["stages"][0]["steps"] == math.ceil((558128 + 422000) / 256)
     stage3 = runs["sa_recon_cognition"]["stages"][2]
     assert stage3["placement"] == {
         **stage3["placement"],
@@ -183,3 +211,108 @@ def test_help_lists_the_verbs_of_design_section_4():
     listed = done.stdout.split("positional arguments")[1]
     for verb in ("validate", "submit", "resume", "status", "logs", "stop", "ui", "report", "data"):
         assert f"    {verb} " in listed, verb
+
+
+@pytest.mark.parametrize("scale", [[], ["--scale", "tiny"]], ids=["paper", "tiny"])
+def test_ablation_text_plan_lists_seven_runs_with_their_stages(capsys, scale):
+    assert main(["validate", ABLATION, *scale]) == 0
+    out = capsys.readouterr().out
+    assert "ablation, scale " in out and "7 runs" in out
+    run_lines = [line for line in out.splitlines() if line.startswith("  run ")]
+    assert [line.split("  stages: ")[1] for line in run_lines] == [
+        "stage1 -> stage3",
+        "stage1 -> stage3",
+        "stage1 -> stage2 -> stage3",
+        "stage1 -> stage2 -> stage3",
+        "stage1 -> stage3",
+        "stage1 -> stage2 -> stage3",
+        "stage1 -> stage3",
+    ]
+    assert run_lines[-1].startswith("  run (1b) anyres 980K  [anyres]")
+    assert "stage1  llava_pretrain+llavar  projector" in out
+
+
+@pytest.mark.parametrize("name", ["loss_ratio_sweep.yaml", "stage_mixing_sweep.yaml"])
+def test_shipped_sweeps_list_rungs_only_where_every_swept_setting_acts(capsys, name):
+    from vlsa_platform.config.loader import load_experiment
+
+    (plan,) = run_json(capsys, str(EXPERIMENTS / name))
+    config = load_experiment(EXPERIMENTS / name)
+    stages = list(config.stages)
+    steps = {stage["name"]: stage["steps"] for stage in plan["runs"][0]["stages"]}
+    rungs = plan["rungs"]
+    assert rungs, "a paper-scale sweep compares its trials somewhere"
+    last = (stages[-1], steps[stages[-1]])
+    assert all(rung["step"] > 0 and (rung["stage"], rung["step"]) != last for rung in rungs), "not at the end"
+    for key, domain in config.sweep.search_space.items():
+        # where the key acts: the first stage whose inputs two of its values set apart
+        one, other = (config.trial({key: value}) for value in domain.probe_values())
+        apart = [one.stage_inputs(stage) != other.stage_inputs(stage) for stage in stages]
+        acts = apart.index(True)
+        assert all(stages.index(rung["stage"]) >= acts for rung in rungs), f"a rung before {key} acts"
+    trainable = {stage["name"]: stage["trainable"] for stage in plan["runs"][0]["stages"]}
+    assert all("llm" in trainable[rung["stage"]] for rung in rungs), "no rung while the LLM is frozen"
+    assert main(["validate", str(EXPERIMENTS / name)]) == 0
+    text = capsys.readouterr().out
+    assert "ASHA rungs (validations from stage3" in text
+    assert ", ".join(f"{rung['stage']} step {rung['step']}" for rung in rungs) in text
+
+
+def test_loss_ratio_rungs_at_paper_scale(capsys):
+    (plan,) = run_json(capsys, str(EXPERIMENTS / "loss_ratio_sweep.yaml"))
+    # stage3 validates every 200 steps; grace 2, reduction 2: 2, 4, 8 and 16 validations into it
+    assert [(r["stage"], r["step"]) for r in plan["rungs"]] == [
+        ("stage3", 400),
+        ("stage3", 800),
+        ("stage3", 1600),
+        ("stage3", 3200),
+    ]
+    assert plan["asha"]["from_stage"] == "stage3" and plan["asha"]["at"] == "validations"
+
+
+SWEPT_IN_STAGE3 = """extends: {paper}
+name: rungs
+sweep:
+  search_space:
+    stages.stage3.loss.rec_weight: {{grid: [0.0, 1.0]}}
+  metric: loss/total
+  scheduler:
+    kind: asha
+    rungs:
+      from_stage: {stage}
+"""
+
+
+def test_a_rung_before_a_swept_setting_acts_is_refused(tmp_path, capsys):
+    bad = tmp_path / "early.yaml"
+    bad.write_text(SWEPT_IN_STAGE3.format(paper=PAPER, stage="stage2"))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    field = "sweep.scheduler.rungs.from_stage"
+    assert f"{bad}:10: {field}: stage2 comes before stages.stage3.loss.rec_weight" in err
+    assert f'sweep.search_space["stages.stage3.loss.rec_weight"] at {bad}:5' in err
+    good = tmp_path / "good.yaml"
+    good.write_text(SWEPT_IN_STAGE3.format(paper=PAPER, stage="stage3"))
+    assert main(["validate", str(good)]) == 0
+
+
+def test_a_rung_while_the_llm_is_frozen_is_refused_unless_on_purpose(tmp_path, capsys):
+    sweep = str(EXPERIMENTS / "loss_ratio_sweep.yaml")
+    assert main(["validate", sweep, "--set", "sweep.scheduler.rungs.from_stage=stage1"]) == 2
+    err = capsys.readouterr().err
+    field = "sweep.scheduler.rungs.from_stage"
+    assert f"--set {field}=stage1: {field}: stage1 trains no LLM" in err
+    (plan,) = run_json(
+        capsys,
+        sweep,
+        "--set",
+        "sweep.scheduler.rungs.from_stage=stage1",
+        "--set",
+        "sweep.scheduler.rungs.allow_frozen_llm=true",
+    )
+    assert plan["rungs"][0]["stage"] == "stage1"
+    # left open, from_stage is the earliest allowed: where the LLM trains (val/loss_llm), else stage1
+    for metric, stage in (("val/loss_llm", "stage3"), ("loss/total", "stage1")):
+        sets = ["--set", "sweep.scheduler.rungs.from_stage=null", "--set", f"sweep.metric={metric}"]
+        (plan,) = run_json(capsys, sweep, *sets)
+        assert plan["asha"]["from_stage"] == stage

@@ -68,7 +68,28 @@ def test_ablation_variants_are_table_3():
         ("sa_perceiver", True, False),
         ("anyres", False, True),
         ("sa_perceiver", True, True),
+        ("anyres", False, False),
     ]
+    # (1), (2), (5) and the 980K baseline train LLaVA-NeXT's two stages; (3), (4), (6) VLSA's three.
+    stages = {name: list(config.variant(name).stages) for name in config.ablation.variants}
+    assert {name for name, kept in stages.items() if kept == ["stage1", "stage3"]} == {
+        "anyres",
+        "lowres",
+        "anyres_cognition",
+        "anyres_980k",
+    }
+    assert all(kept == ["stage1", "stage2", "stage3"] for kept in stages.values() if len(kept) == 3)
+    mixtures = {
+        name: [[m.dataset for m in stage.mixture] for stage in config.variant(name).stages.values()]
+        for name in ("anyres", "anyres_980k")
+    }
+    assert mixtures == {
+        "anyres": [["llava_pretrain"], ["llava_next"]],  # 558K -> 790K
+        "anyres_980k": [["llava_pretrain", "llavar"], ["llava_next"]],  # 980K -> 790K
+    }
+    # Cognition turns go where the file says (default: the last stage), in every variant that has them.
+    five = config.variant("anyres_cognition")
+    assert [s for s in five.stages if five.cognition_applies(s)] == ["stage3"]
 
 
 def test_sweeps():

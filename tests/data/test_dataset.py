@@ -96,13 +96,13 @@ def test_image_inputs_match_tiling_and_the_recon_target_is_the_padded_canvas(con
     image = _image(*hw, seed=3)
     inputs = prepare_image(image, config)
     tile = config.vision_config.image_size
-    grid = plan_grid(*hw, tile, tuple(config.max_grid))
+    grid = plan_grid(*hw, tile, config.grid_pinpoints)
     assert inputs.grid == grid and inputs.num_tokens == config.tokens_per_tile
     assert inputs.tiles.shape == (grid.num_tiles, 3, tile, tile) and inputs.lowres.shape == (3, tile, tile)
     if (grid.content_height, grid.content_width) == hw:  # no shrink: exactly tile_image on the pixels
         pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
         tiles, lowres, _ = tile_image(
-            pixels, tile, config.image_mean, config.image_std, tuple(config.max_grid)
+            pixels, tile, config.image_mean, config.image_std, config.grid_pinpoints
         )
         torch.testing.assert_close(inputs.tiles, tiles)
         torch.testing.assert_close(inputs.lowres, lowres)

@@ -8,7 +8,7 @@ from vlsa_platform.data.dataset import VLSADataset, collate
 from vlsa_platform.data.types import Record, Turn
 from vlsa_platform.eval.questions import samples_from_batch
 from vlsa_platform.model.markers import EOT_TOKEN, LABEL_GROUP_PX, LABEL_GROUP_TEXT, LABEL_GROUP_VQ
-from vlsa_platform.train.batches import StageData, cognition_hook
+from vlsa_platform.train.batches import StageData, validation_cognition_hook
 from vlsa_platform.train.build import build_tokenizer
 
 from .helpers import tiny_experiment
@@ -78,9 +78,10 @@ def test_an_answer_cut_by_truncation_is_incomplete(base_model, tokenizer, held_o
 
 
 def test_validation_samples_get_the_same_cognition_questions_on_every_pass(base_model):
-    """With ``model.cognition`` on, the run's cognition hook reaches the validation shard (as ``run_stage`` sets
-    it up), seeded by the run's seed and each record: every pass asks the same questions."""
-    config = tiny_experiment("data.cognition.p_px=1.0")
+    """The validation set's own cognition hook (``data.validation.cognition``, as ``run_stage`` attaches it),
+    seeded by the run's seed and each record: every pass asks the same questions, and a model without cognition
+    (an ablation variant) is asked them too; both rates 0 = none."""
+    config = tiny_experiment("data.validation.cognition.p_px=1.0")
     tokenizer = build_tokenizer(config)
     data = StageData(
         config,
@@ -92,7 +93,7 @@ def test_validation_samples_get_the_same_cognition_questions_on_every_pass(base_
         micro_batch=2,
         by_modality=False,
     )
-    data.cognition = cognition_hook(config)
+    data.attach_cognition("stage3")
     eot = tokenizer.convert_tokens_to_ids(EOT_TOKEN)
 
     def pixel_answers() -> list[tuple[int, str]]:
@@ -110,7 +111,12 @@ def test_validation_samples_get_the_same_cognition_questions_on_every_pass(base_
 
     first = pixel_answers()
     assert first and first == pixel_answers()
-    # Without cognition (the hook is None), none.
-    data.cognition = cognition_hook(tiny_experiment("model.cognition=false"))
-    assert data.cognition is None
+    data.validation_cognition = validation_cognition_hook(
+        tiny_experiment("data.validation.cognition.p_px=1.0", "model.cognition=false")
+    )
+    assert pixel_answers() == first
+    data.validation_cognition = validation_cognition_hook(
+        tiny_experiment("data.validation.cognition.p_px=0", "data.validation.cognition.p_vq=0")
+    )
+    assert data.validation_cognition is None
     assert pixel_answers() == []

@@ -15,7 +15,7 @@ def make_batch(config, images, text_len: int = 24, seed: int = 0):
     tiles, lows, grids = [], [], []
     for im in images:
         t, lo, g = tile_image(
-            im, config.vision_config.image_size, config.image_mean, config.image_std, tuple(config.max_grid)
+            im, config.vision_config.image_size, config.image_mean, config.image_std, config.grid_pinpoints
         )
         tiles.append(t)
         lows.append(lo)

@@ -68,3 +68,19 @@ def test_vq_models_build_and_give_the_published_grid():
     with torch.no_grad():
         latents = tiny.encode(torch.zeros(1, 3, 64, 64)).latents
     assert latents.shape[-2:] == (8, 8)
+
+
+def test_anyres_token_count_follows_the_pinpoints():
+    def anyres(pinpoints):
+        return visual_tokens_per_image(
+            build_vlsa_config("paper", vision="anyres", recon=False, grid_pinpoints=pinpoints)
+        )
+
+    # The default list's largest grid is 2x2 (2928); 1x3 and 3x1 give fewer (one newline per feature row).
+    assert anyres(None) == anyres([(2, 2)]) == 2928
+    assert anyres([(1, 1), (1, 3)]) == 576 + 24 * 72 + 24
+    assert anyres([(3, 1)]) == 576 + 72 * 24 + 72
+    assert anyres([(1, 1)]) == 576 + 24 * 24 + 24
+    assert build_vlsa_config("paper", recon=False, grid_pinpoints=[(1, 3), (3, 3)]).max_tiles == 9
+    with pytest.raises(ValueError, match="repeats"):
+        build_vlsa_config("paper", recon=False, grid_pinpoints=[(1, 3), (1, 3)])

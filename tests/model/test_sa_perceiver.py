@@ -1,8 +1,11 @@
 """The SA-Perceiver's spatial locality (paper §3.1, Eq. 1) and its fixed output length."""
 
+import pytest
 import torch
 
+from vlsa_platform.model.presets import build_vlsa_config
 from vlsa_platform.model.sa_perceiver import SAPerceiver, locality_mask
+from vlsa_platform.model.tiling import plan_grid
 
 
 def _perceiver(side=4, d=16):
@@ -67,3 +70,33 @@ def test_output_length_is_fixed_for_any_grid_and_padding_is_ignored():
     v2, p2 = net(v_lo, noisy, grids)
     torch.testing.assert_close(v2, v)
     torch.testing.assert_close(p2, p)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 3), (3, 1), (2, 2), (1, 2)])
+def test_mask_maps_each_low_res_cell_to_the_hi_res_tokens_inside_it(rows, cols):
+    # Independent geometry: hi-res token (r, c) of the rows*side x cols*side canvas has its centre at
+    # ((r + .5) / (rows*side), (c + .5) / (cols*side)) of the image; low-res cell (i, j) spans
+    # [i / side, (i + 1) / side) x [j / side, (j + 1) / side) of the same (squashed) canvas.
+    side = 4
+    mask = locality_mask([(rows, cols)], side)[0]
+    for index in range(rows * cols * side * side):
+        tile, patch = divmod(index, side * side)
+        r = (tile // cols) * side + patch // side
+        c = (tile % cols) * side + patch % side
+        i = int((r + 0.5) / (rows * side) * side)
+        j = int((c + 0.5) / (cols * side) * side)
+        assert mask[:-1, index].nonzero().flatten().tolist() == [i * side + j]
+    assert torch.all(mask[:-1].sum(1) == rows * cols)  # each cell holds rows x cols hi-res tokens
+
+
+@pytest.mark.parametrize(("hw", "grid"), [((336, 1008), (1, 3)), ((1008, 336), (3, 1))])
+def test_paper_scale_strip_plans_a_three_tile_grid_and_gives_576_tokens(hw, grid):
+    config = build_vlsa_config("paper", vision="sa_perceiver", recon=False)
+    planned = plan_grid(*hw, config.vision_config.image_size, config.grid_pinpoints)
+    assert (planned.rows, planned.cols) == grid and (planned.content_height, planned.content_width) == hw
+    side, d = config.patches_per_side, 16  # the paper's 24x24 patch grid; a narrow width keeps it fast
+    net = _perceiver(side, d)
+    v_lo = torch.randn(1, side * side, d)
+    v_hi = torch.randn(1, planned.num_tiles * side * side, d)
+    v, p = net(v_lo, v_hi, [grid])
+    assert v.shape == (1, 576, d) and p.shape == (1, d)

@@ -27,12 +27,16 @@ def _llm_inputs(model):
     return seen
 
 
-@pytest.mark.parametrize("hw", [(336, 336), (672, 672), (336, 1008)])
-def test_llm_receives_l_visual_tokens_at_paper_geometry(hw):
+@pytest.mark.parametrize(
+    ("hw", "grid"), [((336, 336), [1, 1]), ((672, 672), [2, 2]), ((336, 1008), [1, 3]), ((1008, 336), [3, 1])]
+)
+def test_llm_receives_l_visual_tokens_at_paper_geometry(hw, grid):
     config = paper_geometry(build_vlsa_config("tiny", recon=False))
     torch.manual_seed(0)
     model = VLSAForConditionalGeneration(config).eval()
     batch, counts = make_batch(config, random_images([hw]), text_len=4)
+    # A 1008 px wide strip is cut into LLaVA-NeXT's 1x3 grid, unshrunk; the SA-Perceiver still gives l tokens.
+    assert batch["image_grids"][0].tolist() == [*grid, *hw]
     assert counts == [576]
     features, pooled = model.encode_images(
         batch["pixel_values"], batch["tile_pixel_values"], batch["image_grids"]

@@ -143,7 +143,15 @@ def test_loss_ratio_sweep_stops_worse_trials_and_resumes(local_cluster, workdir,
             if len(ended) == stop_after:
                 threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
 
-    sets = ("sweep.max_concurrent_trials=1", "sweep.scheduler.grace_period=1", "sweep.metric=loss/total")
+    sets = (
+        "sweep.max_concurrent_trials=1",
+        "sweep.scheduler.grace_period=1",
+        "sweep.metric=loss/total",
+        # the trials differ from stage1 on (loss.rec_weight); loss/total is no LLM metric, so a rung may fall
+        # while the LLM is frozen: rungs at the ends of stage1 and stage2, as the test means them
+        "sweep.scheduler.rungs.from_stage=stage1",
+        "sweep.scheduler.rungs.at=stage_ends",
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(progress.ProgressCallback, "_line", watching)
         status = submit(workdir, "loss_ratio_sweep.yaml", *sets)
@@ -211,13 +219,21 @@ def test_stage_mixing_sweep_with_optuna(local_cluster, workdir):
     assert kids[0].data.params["data.cognition.p_vq"] != kids[1].data.params["data.cognition.p_vq"]
 
 
-def test_ablation_runs_the_six_table3_variants(local_cluster, workdir):
+def test_ablation_runs_the_seven_table3_rows(local_cluster, workdir):
     assert submit(workdir, "ablation.yaml") == 0
     parents, children = runs_of(workdir, "vlsa-ablation")
     (parent,) = parents
     assert parent.data.tags["vlsa.kind"] == "ablation"
     kids = {k.data.tags[names.TAG_VARIANT]: k for k in children[parent.info.run_id]}
-    assert set(kids) == {"anyres", "lowres", "sa", "sa_recon", "anyres_cognition", "sa_recon_cognition"}
+    assert set(kids) == {
+        "anyres",
+        "lowres",
+        "sa",
+        "sa_recon",
+        "anyres_cognition",
+        "sa_recon_cognition",
+        "anyres_980k",
+    }
     for variant, kid in kids.items():
         assert kid.info.status == "FINISHED", variant
         for key in (names.LOSS_TOTAL, names.LOSS_LLM, names.VAL_LOSS_LLM):

@@ -62,30 +62,46 @@ def test_searchers_follow_the_algorithm_and_bound_concurrency():
     assert type(optuna.searcher).__name__ == "OptunaSearch"
 
 
-def test_asha_rungs_count_validations():
+def test_asha_counts_rung_points_from_the_named_stage():
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    config = load("loss_ratio_sweep.yaml", "data.validation.every_steps=2")
-    # 3 steps a stage, validation every 2 steps and at each stage end: 2 per stage.
-    assert sweep.validations_per_run(config) == 6
+    from vlsa_platform.orchestration.rungs import RUNG_CLOCK
+
+    # 3 steps a stage, validation every 2 steps and at each stage end: 2 per stage; counted from stage1 (the
+    # swept weight acts there; the metric is not val/loss_llm): 6 rung points.
+    config = load(
+        "loss_ratio_sweep.yaml",
+        "data.validation.every_steps=2",
+        "sweep.metric=loss/total",
+        "sweep.scheduler.rungs.from_stage=stage1",
+    )
     asha = decisions.scheduler(config)
     assert isinstance(asha, ASHAScheduler)
-    assert asha._time_attr == "training_iteration"
+    assert asha._time_attr == RUNG_CLOCK, "ASHA's time is the stage-relative rung clock, not iterations"
     assert asha._max_t == 5  # no rung at the last validation: the trial's work is done there
     # grace period 2, reduction factor 2: rungs at 2 and 4 validations.
     assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [2, 4]
     assert isinstance(decisions.scheduler(load("vlsa_paper.yaml")), FIFOScheduler)
 
+    # the file's rungs: from stage3, where the LLM trains; its 2 validation points leave room for no rung
+    # with grace 2 before the last, so ASHA would have none: the trials run as a grid
+    shipped = load("loss_ratio_sweep.yaml", "data.validation.every_steps=2")
+    assert shipped.sweep.scheduler.rungs.from_stage == "stage3"
+    assert isinstance(decisions.scheduler(shipped), FIFOScheduler)
+    one = load("loss_ratio_sweep.yaml", "data.validation.every_steps=1", "sweep.scheduler.grace_period=1")
+    asha = decisions.scheduler(one)  # stage3: 3 rung points, max_t 2: rungs at 1 and 2
+    assert asha._max_t == 2 and sorted(m for m, _ in asha._brackets[0]._rungs) == [1, 2]
 
-def test_validations_unknown_when_a_stage_length_is_not():
+
+def test_rungs_unknown_when_a_stage_length_is_not():
     # --scale tiny sizes stages in steps; an epoch of the synthetic bundle has no size the plan knows
     config = load_experiment(
         EXPERIMENTS / "loss_ratio_sweep.yaml",
         scale="tiny",
-        overrides=["stages.stage2.epochs=1", "stages.stage2.steps=null"],
+        overrides=["stages.stage3.epochs=1", "stages.stage3.steps=null"],
     )
-    assert sweep.validations_per_run(config) is None
     assert decisions.scheduler(config)._max_t == decisions.UNKNOWN_MAX_T
+    assert decisions.worker_clock(config).waits, "the workers still know where ASHA decides"
 
 
 def test_trial_runs_carry_their_values():
@@ -121,3 +137,89 @@ def test_a_class_the_cluster_lacks_fits_nothing():
         _fits({"CPU": 64.0, "GPU": 8.0, "accelerator_type:A100-80G": 1.0, "accelerator_type:H100": 1.0}, need)
         == 1
     )
+
+
+# ----------------------------------------------------------------------------------------------- seed repeats
+
+SEEDED = """\
+seed: 7
+sweep:
+  search_space:
+    loss.rec_weight: {grid: [0.1, 0.3]}
+    stages.s2.loss.schedule.kind: {grid: [constant, linear]}
+  seeds: 3
+"""
+
+
+def _seeded(tmp_path: Path, extra: str = SEEDED):
+    from tests.config.helpers import MINIMAL, write
+
+    return write(tmp_path, "seeded.yaml", MINIMAL + extra)
+
+
+def test_seed_repeats_cross_the_grid_and_the_plan_counts_them(tmp_path):
+    from ray.tune.search.variant_generator import generate_variants
+
+    from vlsa_platform.orchestration.plan import build_plan
+
+    config = load_experiment(_seeded(tmp_path))
+    assert config.sweep.num_trials == 2 * 2 * 3
+    plan = build_plan(config)
+    assert (plan["num_trials"], plan["seeds"]) == (12, [7, 8, 9])
+    assert sweep.num_samples(config) == 1  # the seeds are a grid dimension, not Tune's repeats
+
+    space = sweep.param_space(config)
+    trials = [
+        sweep.trial_run(config, spec, f"x_{i:05d}") for i, (_, spec) in enumerate(generate_variants(space))
+    ]
+    assert len(trials) == plan["num_trials"]
+    by_setting: dict[tuple, list[int]] = {}
+    for trial in trials:
+        assert trial.run.config.seed == trial.values["seed"]
+        setting = tuple(sorted((k, v) for k, v in trial.values.items() if k != "seed"))
+        by_setting.setdefault(setting, []).append(trial.values["seed"])
+    assert len(by_setting) == 4
+    assert all(sorted(seeds) == [7, 8, 9] for seeds in by_setting.values())
+    assert len({t.run.name for t in trials}) == 12
+    assert sweep.describe_values(trials[0].values).endswith(f" seed={trials[0].values['seed']}")
+
+
+def test_one_seed_leaves_the_space_and_the_trials_as_they_were(tmp_path):
+    config = load_experiment(_seeded(tmp_path, SEEDED.replace("seeds: 3", "seeds: 1")))
+    assert "seed" not in sweep.param_space(config)
+    assert sweep.seeds(config) == [7]
+    chosen = sweep.trial_run(
+        config, {"loss.rec_weight": 0.3, "stages.s2.loss.schedule.kind": "linear"}, "x_00001"
+    )
+    assert "seed" not in chosen.values and chosen.run.config.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("grid: [0.1, 0.3]", "choice: [0.1, 0.3]"), "seeds above 1 need algorithm: grid"),
+        (("seeds: 3", "seeds: 3\n  algorithm: optuna"), "seeds above 1 need algorithm: grid"),
+        (("stages.s2", "seed: {grid: [1, 2]}\n    stages.s2"), "do not also search seed"),
+    ],
+)
+def test_refused_seed_repeats_exit_2_naming_sweep_seeds(tmp_path, capsys, change, message):
+    from vlsa_platform.cli import main
+
+    text = SEEDED.replace(*change)
+    if "choice" in change[1]:
+        text = text.replace("{grid: [constant, linear]}", "{choice: [constant, linear]}")
+        text = text.replace("seeds: 3", "seeds: 3\n  algorithm: random")
+    elif "optuna" in change[1]:
+        text = text.replace("grid:", "choice:")
+    path = _seeded(tmp_path, text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.seeds" in err and message in err and "Traceback" not in err
+
+
+def test_validate_prints_the_seeds_and_counts_the_repeats(tmp_path, capsys):
+    from vlsa_platform.cli import main
+
+    assert main(["validate", str(_seeded(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "sweep, scale tiny, 12 runs" in out and "  seeds per setting: 7, 8, 9" in out

@@ -55,7 +55,9 @@ def _prepared(dist, case: str):
         config, stage, model.config, tokenizer, rank=0, world_size=1, micro_batch=2, by_modality=False
     )
     # Short cognition answers (a 2x2 VQ window, one pixel cell): decoding under ZeRO-3 on a CPU is slow.
-    data.cognition = cognition_everywhere(config.seed, vq_window=2, px_grid=1) if cognition else None
+    data.validation_cognition = (
+        cognition_everywhere(config.seed, vq_window=2, px_grid=1) if cognition else None
+    )
     generation = GenerationSettings.for_model(tokenizer, model, samples=2, extra_tokens=2)
     return strategy, data.validation_batches(), config.seed, generation
 
@@ -167,7 +169,7 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     data = StageData(
         config, stage, model.config, tokenizer, rank=rank, world_size=2, micro_batch=1, by_modality=True
     )
-    data.cognition = cognition_everywhere(config.seed, vq_window=2, px_grid=1)
+    data.validation_cognition = cognition_everywhere(config.seed, vq_window=2, px_grid=1)
     metrics = evaluate(strategy, data.validation_batches(), config.seed, settings, psnr_images=2)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"calls": calls, "synced": vars(synced), "alone": vars(alone), "metrics": metrics}, f)

@@ -1,6 +1,6 @@
-"""What ``vlsa-platform`` prints, shared by its verbs: the plan as a table (:func:`render_plan`), aligned
-tables (:func:`table`), parameter counts (:func:`human`), a submission's trial summary (:func:`summary`) and
-the one-line error (:func:`error`)."""
+"""What ``vlsa-platform`` prints, shared by its verbs: the plan as a table (:func:`render_plan`, with an ASHA
+sweep's rungs), aligned tables (:func:`table`), parameter counts (:func:`human`), a submission's trial summary
+(:func:`summary`) and the one-line error (:func:`error`)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def _stage_row(stage: dict[str, Any]) -> list[str]:
     offload = f" offload={place['offload']}" if place["offload"] != "none" else ""
     return [
         stage["name"],
+        "+".join(entry["dataset"] for entry in stage.get("mixture", [])) or "-",
         ",".join(stage["trainable"]),
         human(stage["params_total"]),
         human(stage["params_trainable"]),
@@ -59,6 +60,22 @@ def _stage_row(stage: dict[str, Any]) -> list[str]:
         f"{where} zero{place['zero_stage']}{offload} "
         f"batch {place['micro_batch']}x{place['num_workers']}x{place['grad_accum']}={place['global_batch']}",
         _memory(place),
+    ]
+
+
+def _rung_lines(plan: dict[str, Any]) -> list[str]:
+    """ASHA's rungs as ``stage3 step 400`` pairs, with the note that says what they count."""
+    asha = plan.get("asha")
+    if not asha:
+        return []
+    rungs = plan.get("rungs")
+    shown = (
+        "unknown" if rungs is None else ", ".join(f"{r['stage']} step {r['step']}" for r in rungs) or "none"
+    )
+    return [
+        f"  ASHA rungs ({asha['at'].replace('_', ' ')} from {asha['from_stage']}, grace {asha['grace_period']}, "
+        f"reduction {asha['reduction_factor']:g}): {shown}",
+        f"    {asha['note']}",
     ]
 
 
@@ -73,15 +90,18 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
         for key, domain in plan["search_space"].items():
             ((kind, values),) = domain.items()
             lines.append(f"    {key}: {kind} {json.dumps(values)}")
+    if len(plan.get("seeds") or ()) > 1:
+        lines.append(f"  seeds per setting: {', '.join(str(s) for s in plan['seeds'])}")
+    lines.extend(_rung_lines(plan))
     for run in plan["runs"]:
         switches = run["model"]
         flags = [switches["vision"], *(name for name in ("recon", "cognition", "lora") if switches[name])]
         lines.append(
             f"  run {run['label']}  [{' + '.join(flags)}]  {run['visual_tokens_per_image']} visual tokens/image"
+            f"  stages: {' -> '.join(stage['name'] for stage in run['stages'])}"
         )
-        rows = [
-            ["stage", "trainable", "params", "trained", "loss llm/rec", "steps", "placement", "memory/GPU"]
-        ]
+        header = ["stage", "data", "trainable", "params", "trained", "loss llm/rec", "steps", "placement"]
+        rows = [[*header, "memory/GPU"]]
         notes = []
         for stage in run["stages"]:
             notes.extend(f"    ! {stage['name']}: {warning}" for warning in stage.get("warnings", []))
@@ -91,8 +111,11 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
-def summary(result: SubmissionResult, metric: str) -> list[str]:
-    """A finished submission's trials: status, ``metric`` and the values that set each apart."""
+def summary(result: SubmissionResult, metric: str, mode: str | None = None) -> list[str]:
+    """A finished submission's trials: status, ``metric`` and the values that set each apart; then one line
+    with the best trial, or with seed repeats the best setting (mean ± spread), or the trials that tie — the
+    report's rule (:mod:`vlsa_platform.tracking.report.verdict`), when there are two trials or more.
+    ``mode`` defaults to the sweep's."""
     from ..orchestration.sweep import describe_values  # the plan's imports: not for every verb's start
 
     rows = [["trial", "status", metric, "values"]]
@@ -106,7 +129,38 @@ def summary(result: SubmissionResult, metric: str) -> list[str]:
                 describe_values(trial.values),
             ]
         )
-    return table(rows)
+    if len(result.trials) < 2:
+        return table(rows)  # one run: nothing to compare
+    return [*table(rows), _verdict(result, metric, mode)]
+
+
+def _verdict(result: SubmissionResult, metric: str, mode: str | None) -> str:
+    """The summary's last line: trials grouped by their values but the seed, judged as the report judges."""
+    from ..config.sweep_section import SEED_KEY
+    from ..orchestration.sweep import describe_values
+    from ..tracking.report.verdict import Mode, judge, score, verdict_line
+
+    if mode is None:
+        sweep = result.spec.experiment_config().sweep
+        mode = sweep.mode if sweep is not None else "min"
+    chosen: Mode = "max" if mode == "max" else "min"
+    groups: dict[str, list[float | None]] = {}  # exact values (repr) -> the metric of each run
+    labels: dict[str, str] = {}
+    seeds: dict[str, set[Any]] = {}
+    for trial in result.trials:
+        setting = {k: v for k, v in trial.values.items() if k != SEED_KEY}
+        key = repr(sorted(setting.items()))
+        labels.setdefault(key, describe_values(setting) or "(every trial)")
+        groups.setdefault(key, []).append(trial.metrics.get(metric))
+        if trial.metrics.get(metric) is not None:
+            seeds.setdefault(key, set()).add(trial.values.get(SEED_KEY))
+    objective = f"{metric} ({chosen})"
+    if any(len(s) >= 2 for s in seeds.values()):  # seed repeats: settings by mean and spread
+        scores = [score(values) for values in groups.values()]
+        return verdict_line(objective, list(labels.values()), scores, judge(scores, chosen), "setting")
+    labels = [f"{t.name} ({describe_values(t.values)})" if t.values else t.name for t in result.trials]
+    scores = [score([t.metrics.get(metric)]) for t in result.trials]
+    return verdict_line(objective, labels, scores, judge(scores, chosen), "trial")
 
 
 __all__ = ["error", "human", "print_rows", "render_plan", "summary", "table"]

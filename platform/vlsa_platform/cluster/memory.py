@@ -171,8 +171,7 @@ class ModelDims:
             gated=False,
             norm_bytes=2,
         )
-        rows, cols = config.max_grid
-        images = 1 if config.vision_mode == "lowres" else rows * cols + 1
+        images = 1 if config.vision_mode == "lowres" else config.max_tiles + 1
         denoiser, denoiser_tokens, largest_denoiser = None, 0, 0
         if config.recon and config.denoiser_config is not None and config.vae_config is not None:
             den: dict[str, Any] = config.denoiser_config

@@ -65,11 +65,38 @@ class CognitionConfig(Section):
     vq_format: Literal["text", "special"] = "text"
     """How indices are written: ``text`` (decimal numbers) or ``special`` (added tokens ``<vq_0>``..., the LLM's
     embeddings resized by the codebook size)."""
+    stages: list[Name] | None = None
+    """The stages whose training data gets cognition turns; ``null`` = the last stage only (the paper puts them
+    in the stage-3 instruction data). The validation set's questions are ``data.validation.cognition``'s."""
+
+
+class ValidationCognition(Section):
+    """The validation set's own cognition questions: part of the fixed yardstick, so they depend on this spec and
+    the experiment's ``seed`` only — never on ``data.cognition`` (which a sweep may vary), ``model.cognition``
+    (an ablation variant without cognition is asked the same questions) or the stage. Every setting that shapes
+    a question is copied here, not read from ``data.cognition``: a sweep over ``data.cognition.vq_window`` or its
+    rates then changes the training data only, and the questions read the same for every trial and stage."""
+
+    p_vq: Fraction = 0.5
+    """Probability that a validation image sample gets a VQ question (drawn per record, once for the run: every
+    pass and stage asks the same). 0 = none (no frozen VQ-VAE needed for validation)."""
+    p_px: Fraction = 0.5
+    """Probability that a validation image sample gets a pixel question. 0 = none."""
+    vq_window: PositiveInt = 4
+    """``k``: a VQ question asks for a ``k x k`` window of the VQ latent grid."""
+    px_grid: PositiveInt = 2
+    """``g``: a pixel answer lists the mean RGB of ``g x g`` cells of the box."""
+    vq_format: Literal["text", "special"] = "text"
+    """How the validation's VQ answers are written. ``text`` (decimal numbers) every model can read, so it is
+    the default; ``special`` (``<vq_i>`` tokens) only models that have those tokens can, so it is refused unless
+    every run of the file has them (``model.cognition`` on and ``data.cognition.vq_format: special``)."""
 
 
 class ValidationSet(Section):
     """Data for the validation metrics: the losses ``val/loss_llm`` and ``val/loss_rec``, greedy-decoding
-    accuracy ``val/exact_match``, ``val/vq_accuracy``, ``val/px_accuracy``, and ``val/psnr``."""
+    accuracy ``val/exact_match``, ``val/vq_accuracy``, ``val/px_accuracy``, and ``val/psnr``. The set — records
+    and cognition questions — depends only on this spec and the experiment's ``seed``: every trial, stage and
+    variant of a file is measured on the same samples (docs/training.md, "Validation")."""
 
     dataset: Name
     """Name of an entry of ``data.datasets``."""
@@ -92,6 +119,10 @@ class ValidationSet(Section):
     psnr_images: Annotated[int, Field(ge=0)] | None = 16
     """Validation images per pass (over all ranks, split evenly; the first of each rank's shard) whose
     reconstruction the frozen VAE decodes for ``val/psnr``; ``null`` = every image, 0 = none (NaN)."""
+    cognition: ValidationCognition = Field(default_factory=ValidationCognition)
+    """The cognition questions of the validation samples (their own settings, the same for every trial, stage
+    and variant; ``val/loss_llm`` includes their answers, ``val/vq_accuracy`` and ``val/px_accuracy`` score
+    them)."""
 
 
 class DataConfig(Section):
@@ -121,5 +152,6 @@ __all__ = [
     "DataConfig",
     "DatasetConfig",
     "MixtureEntry",
+    "ValidationCognition",
     "ValidationSet",
 ]

@@ -6,12 +6,17 @@ SA-Perceiver); an ablation variant's switches are checked again by ``ExperimentC
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, PositiveInt, model_validator
 
 from .errors import FieldIssue
 from .vocabulary import LLAMA_LINEARS, AttnImplementation, Preset, Section, VisionMode, recon_needs_sa
+
+#: ``(rows, cols)`` tile grids an image may be cut into by default: LLaVA-NeXT's ``image_grid_pinpoints``
+#: (336x672, 672x336, 672x672, 1008x336, 336x1008 at 336 px tiles) plus 1x1, so that an image that fits one
+#: tile is not padded to two. ``model.tiling`` uses the same list.
+DEFAULT_GRID_PINPOINTS: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1))
 
 
 class ModelWeights(Section):
@@ -58,8 +63,13 @@ class ModelConfig(Section):
     """Reconstructive training (Epigone + SD3 MMDiT + frozen VAE, L_rec); needs ``vision: sa_perceiver``."""
     cognition: bool = True
     """Cognition-alignment turns (VQ codebook indices and pixel values) inserted into the training conversations."""
-    max_grid: tuple[PositiveInt, PositiveInt] = (2, 2)
-    """``[rows, cols]``: the most hi-res tiles an image is cut into (larger images are resized to fit)."""
+    grid_pinpoints: list[tuple[PositiveInt, PositiveInt]] = Field(
+        default_factory=lambda: list(DEFAULT_GRID_PINPOINTS), min_length=1
+    )
+    """``[rows, cols]`` grids of hi-res tiles an image may be cut into, as LLaVA-NeXT's ``image_grid_pinpoints``:
+    each image gets the grid that keeps most of it with the least padding (``select_best_resolution``), and is
+    shrunk to fit only when larger than every grid. Default: 1x1, 1x2, 2x1, 2x2, 1x3, 3x1 (LLaVA-NeXT's list plus
+    1x1). The largest grid sets the ``anyres`` token count the plan shows (2928 for 2x2 at paper scale)."""
     recon_resolution: PositiveInt | None = None
     """Side in pixels of the image the VAE encodes for L_rec; a multiple of 16 (the VAE downsamples by 8 and the
     MMDiT patchifies by 2). ``null`` = the preset's default (512 for ``paper``)."""
@@ -72,8 +82,22 @@ class ModelConfig(Section):
     weights: ModelWeights = Field(default_factory=ModelWeights)
     """Weight sources per sub-model."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_grid" in data:
+            raise FieldIssue(
+                ("max_grid",),
+                "replaced by grid_pinpoints, a list of [rows, cols] grids (e.g. [[1, 1], [1, 2], [2, 1], [2, 2], "
+                "[1, 3], [3, 1]]; a cap of [2, 2] is [[1, 1], [1, 2], [2, 1], [2, 2]])",
+            )
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if len(set(self.grid_pinpoints)) != len(self.grid_pinpoints):
+            repeated = next(g for g in self.grid_pinpoints if self.grid_pinpoints.count(g) > 1)
+            raise FieldIssue(("grid_pinpoints",), f"repeats the grid {list(repeated)}")
         if self.recon_resolution is not None and self.recon_resolution % 16:
             raise FieldIssue(
                 ("recon_resolution",),
@@ -86,6 +110,7 @@ class ModelConfig(Section):
 
 
 __all__ = [
+    "DEFAULT_GRID_PINPOINTS",
     "LoraConfig",
     "ModelConfig",
     "ModelWeights",

@@ -29,7 +29,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, StringConstraints, ValidationError, model_validator
 
-from .data_section import CognitionConfig, DataConfig, DatasetConfig, MixtureEntry, ValidationSet
+from .data_section import (
+    CognitionConfig,
+    DataConfig,
+    DatasetConfig,
+    MixtureEntry,
+    ValidationCognition,
+    ValidationSet,
+)
 from .errors import ConfigError, FieldIssue, Loc, dotted
 from .explain import explain, problem
 from .keys import KeyIssue, check_key, set_dotted, split_key
@@ -120,6 +127,13 @@ class ExperimentConfig(Section):
         for mix_name, entries in self.data.mixtures.items():
             for i, entry in enumerate(entries):
                 need(("data", "mixtures", mix_name, i, "dataset"), entry.dataset)
+        cognition_stages = self.data.cognition.stages or []
+        for i, stage_name in enumerate(cognition_stages):
+            if stage_name not in self.stages:
+                raise FieldIssue(
+                    ("data", "cognition", "stages", i),
+                    f"no stage named {stage_name!r} (stages: {', '.join(self.stages)})",
+                )
         if self.data.validation is not None:
             need(("data", "validation", "dataset"), self.data.validation.dataset)
         for stage_name, stage in self.stages.items():
@@ -137,13 +151,15 @@ class ExperimentConfig(Section):
                 ("sweep", "metric"), f"{self.sweep.metric} needs validation data (data.validation)"
             )
 
+        self._check_variant_stages()
         for where, switches in self._variant_switches():
             vision, recon = switches["vision"], switches["recon"]
             if recon and vision != "sa_perceiver":
                 raise FieldIssue((*where, "recon"), recon_needs_sa(vision), related=((*where, "vision"),))
             present = parts_present(vision, recon)
             label = f" in variant {where[-1]}" if where else ""
-            for stage_name, stage in self.stages.items():
+            for stage_name in self._variant_stages(where):
+                stage = self.stages[stage_name]
                 if not any(p in present for p in stage.trainable):
                     raise FieldIssue(
                         ("stages", stage_name, "trainable"),
@@ -153,6 +169,15 @@ class ExperimentConfig(Section):
                 loss = stage.loss.effective(recon)
                 if loss.llm_weight == 0 and loss.rec_weight == 0:
                     raise FieldIssue(("stages", stage_name, "loss"), f"both loss weights are 0{label}")
+        _check_validation_tokens(self)
+        return self
+
+    @model_validator(mode="after")
+    def _check_variant_configs(self) -> ExperimentConfig:
+        # After the cross-checks (which name the variant in a stage's own field), and after ``_keep_raw`` has
+        # kept the mapping each variant's config is made from.
+        if self.ablation is not None:
+            _check_variants(self._raw, self)
         return self
 
     def _variant_switches(self) -> list[tuple[Loc, dict[str, Any]]]:
@@ -163,6 +188,27 @@ class ExperimentConfig(Section):
             (("ablation", "variants", name), {**base, **variant.switches()})
             for name, variant in self.ablation.variants.items()
         ]
+
+    def _variant_stages(self, where: Loc) -> list[str]:
+        """The stages the variant at ``where`` (``()`` = the file's one run) trains, in the file's order."""
+        chosen = self.ablation.variants[str(where[-1])].stages if where and self.ablation else None
+        return list(self.stages) if chosen is None else [name for name in self.stages if name in chosen]
+
+    def _check_variant_stages(self) -> None:
+        """Each variant's ``stages`` names stages of the file, in the file's order."""
+        order = list(self.stages)
+        for name, variant in (self.ablation.variants if self.ablation else {}).items():
+            for i, stage_name in enumerate(variant.stages or []):
+                if stage_name not in order:
+                    raise FieldIssue(
+                        ("ablation", "variants", name, "stages", i),
+                        f"no stage named {stage_name!r} (stages: {', '.join(order)})",
+                    )
+            if variant.stages is not None and variant.stages != sorted(variant.stages, key=order.index):
+                raise FieldIssue(
+                    ("ablation", "variants", name, "stages"),
+                    f"runs in the file's order: write [{', '.join(sorted(variant.stages, key=order.index))}]",
+                )
 
     # -- use ----------------------------------------------------------------------------------------------
 
@@ -200,11 +246,18 @@ class ExperimentConfig(Section):
             raise ConfigError(explain(err, ExperimentConfig, lambda _loc: origin)) from None
 
     def variant(self, name: str) -> ExperimentConfig:
-        """The single-run config of ablation variant ``name`` (its switches applied, ``ablation`` removed)."""
+        """The single-run config of ablation variant ``name``: its switches applied, only its ``stages`` kept,
+        then its ``set`` keys applied; ``ablation`` removed."""
         if self.ablation is None or name not in self.ablation.variants:
             raise KeyError(name)
-        switches = {f"model.{k}": v for k, v in self.ablation.variants[name].switches().items()}
-        return self.with_values({**switches, "ablation": None}, origin=f"ablation variant {name}")
+        origin = f"ablation variant {name}"
+        try:
+            raw = _variant_raw(self.raw, name, self.ablation.variants[name])
+            return ExperimentConfig.model_validate(raw)
+        except FieldIssue as issue:
+            raise ConfigError(f"{origin}: {dotted(issue.path)}: {issue.message}") from None
+        except ValidationError as err:
+            raise ConfigError(explain(err, ExperimentConfig, lambda _loc: origin)) from None
 
     def trial(self, values: dict[str, Any], trial_id: str = "trial") -> ExperimentConfig:
         """The single-run config of one sweep trial: ``values`` (dotted key -> sampled value) applied, ``sweep``
@@ -220,6 +273,64 @@ class ExperimentConfig(Section):
     def stage_loss(self, stage: str) -> EffectiveLoss:
         """Stage ``stage``'s loss as training applies it (``w_rec`` 0 without ``model.recon``)."""
         return self.stages[stage].loss.effective(self.model.recon)
+
+    def cognition_applies(self, stage: str) -> bool:
+        """Whether stage ``stage``'s training data gets cognition turns: ``model.cognition`` on and the stage
+        among ``data.cognition.stages`` (default: the last stage) — the one place that rule is written."""
+        if not self.model.cognition:
+            return False
+        chosen = self.data.cognition.stages
+        return stage in chosen if chosen is not None else stage == list(self.stages)[-1]
+
+    def stage_inputs(self, stage: str) -> dict[str, Any]:
+        """What stage ``stage`` trains on besides the weights its earlier stages leave, as JSON-able data: its
+        place, its own section (its loss as training applies it, :meth:`stage_loss`), ``model``, ``seed``
+        and the ``data`` it reads — the datasets its mixture and the validation name, ``data.cognition``
+        only where :meth:`cognition_applies` (its ``vq_format`` always: special tokens grow the model), not
+        ``data.mixtures`` (a stage's ``mixture`` holds its copy). Runs whose first k stages have equal inputs
+        train those k stages alike; the first stage whose inputs two values of a sweep key set apart is where
+        that key acts (``sweep.scheduler.rungs``). The one definition of a stage's inputs."""
+        section = self.stages[stage].model_dump(mode="json")
+        loss = self.stage_loss(stage)
+        section["loss"] = {
+            "llm_weight": loss.llm_weight,
+            "rec_weight": loss.rec_weight,
+            "schedule": loss.schedule.model_dump(mode="json"),
+        }
+        data = self.data.model_dump(mode="json", exclude={"mixtures", "cognition", "datasets"})
+        read = {entry.dataset for entry in self.stages[stage].mixture}
+        if self.data.validation is not None:
+            read.add(self.data.validation.dataset)
+        data["datasets"] = {name: self.data.datasets[name].model_dump(mode="json") for name in sorted(read)}
+        cognition = self.data.cognition
+        applies = self.cognition_applies(stage)
+        data["cognition"] = (
+            cognition.model_dump(mode="json") if applies else {"vq_format": cognition.vq_format}
+        )
+        return {
+            "stage": stage,
+            "index": list(self.stages).index(stage),
+            "section": section,
+            "model": self.model.model_dump(mode="json"),
+            "seed": self.seed,
+            "data": data,
+        }
+
+
+def _check_validation_tokens(config: ExperimentConfig) -> None:
+    """VQ answers written as ``<vq_i>`` tokens in validation (the one set every run is measured on) need those
+    tokens in every run of the file."""
+    validation = config.data.validation
+    if validation is None or validation.cognition.vq_format != "special" or validation.cognition.p_vq == 0:
+        return
+    for where, switches in config._variant_switches():
+        if not (switches["cognition"] and config.data.cognition.vq_format == "special"):
+            label = f" (variant {where[-1]})" if where else ""
+            raise FieldIssue(
+                ("data", "validation", "cognition", "vq_format"),
+                f"special: a run{label} without the <vq_i> tokens (model.cognition off or data.cognition."
+                "vq_format text) cannot read the validation's VQ answers; use text",
+            )
 
 
 def _named_mixtures(data: Any) -> Any:
@@ -243,10 +354,56 @@ def _named_mixtures(data: Any) -> Any:
     return {**data, "stages": stages}
 
 
+def _variant_raw(raw: dict[str, Any], name: str, variant: VariantConfig) -> dict[str, Any]:
+    """The raw mapping of ablation variant ``name``: switches set, stages chosen, ``set`` applied, ``ablation``
+    dropped. A ``set`` key that names no field (or a stage the variant leaves out) is a :class:`FieldIssue` at
+    that key of the variant."""
+    raw = {k: v for k, v in copy.deepcopy(raw).items() if k != "ablation"}
+    for key, value in variant.switches().items():
+        set_dotted(raw, ("model", key), value)
+    stages = raw.get("stages")
+    if variant.stages is not None and isinstance(stages, dict):
+        raw["stages"] = {k: v for k, v in stages.items() if k in variant.stages}
+    for key, value in variant.set.items():
+        where: Loc = ("ablation", "variants", name, "set", key)
+        try:
+            loc = split_key(key)
+            left_out = loc[0] == "stages" and len(loc) > 1 and loc[1] in (stages or {})
+            if left_out and loc[1] not in raw["stages"]:
+                kept = ", ".join(raw["stages"])
+                raise KeyIssue(loc[:2], f"{loc[1]} is not among this variant's stages ({kept})")
+            check_key(ExperimentConfig, raw, loc)
+        except KeyIssue as issue:
+            raise FieldIssue(where, issue.message) from None
+        set_dotted(raw, loc, value)
+    return raw
+
+
+def _check_variants(raw: dict[str, Any], config: ExperimentConfig) -> None:
+    """Every ablation variant gives a good run config: its ``set`` keys name fields and take their values, and
+    what its stage list leaves (``data.cognition.stages``...) still holds. Blamed on the variant's field."""
+    assert config.ablation is not None
+    for name, variant in config.ablation.variants.items():
+        try:
+            ExperimentConfig.model_validate(_variant_raw(raw, name, variant))
+        except ValidationError as err:
+            bad_loc, message = problem(err.errors()[0], ExperimentConfig)
+            blame: Loc = ("stages",) if variant.stages is not None else ()
+            for key in variant.set:
+                if bad_loc[: len(split_key(key))] == split_key(key):
+                    blame = ("set", key)
+            raise FieldIssue(
+                ("ablation", "variants", name, *blame),
+                f"gives variant {name} a bad config: {dotted(bad_loc)}: {message}",
+            ) from None
+
+
 def _check_sweep_keys(raw: dict[str, Any], config: ExperimentConfig) -> None:
-    """Every search-space key must name a field of the config, accept the domain's values and change a run."""
+    """Every search-space key must name a field of the config, accept the domain's values and change a run;
+    ASHA's rungs must fall where every key has acted (:func:`_check_rungs`)."""
     assert config.sweep is not None
     base = {k: v for k, v in raw.items() if k != "sweep"}
+    acts: dict[str, int] = {}
     for key, domain in config.sweep.search_space.items():
         where: Loc = ("sweep", "search_space", key)
         try:
@@ -254,12 +411,13 @@ def _check_sweep_keys(raw: dict[str, Any], config: ExperimentConfig) -> None:
             check_key(ExperimentConfig, base, loc)
         except KeyIssue as issue:
             raise FieldIssue(where, issue.message) from None
-        outcomes = []
+        outcomes, probes = [], []
         for value in domain.probe_values():
             trial = copy.deepcopy(base)
             set_dotted(trial, loc, value)
             try:
-                resolved = ExperimentConfig.model_validate(trial).model_dump(mode="json", exclude={"loss"})
+                probes.append(ExperimentConfig.model_validate(trial))
+                resolved = probes[-1].model_dump(mode="json", exclude={"loss"})
             except ValidationError as err:
                 bad_loc, message = problem(err.errors()[0], ExperimentConfig)
                 raise FieldIssue(
@@ -271,6 +429,65 @@ def _check_sweep_keys(raw: dict[str, Any], config: ExperimentConfig) -> None:
                 where,
                 f"{key} has no effect on any run (e.g. every stage sets its own value); search the per-stage keys",
             )
+        if len(probes) == 2:
+            apart = [i for i, name in enumerate(config.stages) if _differ(probes, name)]
+            if apart:
+                acts[key] = apart[0]
+    _check_rungs(config, acts)
+
+
+def _differ(probes: list[ExperimentConfig], stage: str) -> bool:
+    return probes[0].stage_inputs(stage) != probes[1].stage_inputs(stage)
+
+
+def _check_rungs(config: ExperimentConfig, acts: dict[str, int]) -> None:
+    """ASHA compares trials only from a stage where every search-space key has acted (``acts``: key -> index
+    of the first stage whose inputs two of its values set apart) and, for ``val/loss_llm`` unless
+    ``allow_frozen_llm``, after the last stage that trains no LLM: ``sweep.scheduler.rungs.from_stage`` is
+    checked against that, or (``null``) set to the earliest such stage."""
+    assert config.sweep is not None
+    scheduler, metric = config.sweep.scheduler, config.sweep.metric
+    rungs, stages = scheduler.rungs, list(config.stages)
+    where: Loc = ("sweep", "scheduler", "rungs", "from_stage")
+    if rungs.from_stage is not None and rungs.from_stage not in stages:
+        raise FieldIssue(where, f"no stage named {rungs.from_stage!r} (stages: {', '.join(stages)})")
+    if scheduler.kind != "asha":
+        return
+    frozen = []
+    if metric == "val/loss_llm" and not rungs.allow_frozen_llm:
+        trains_llm = [bool({"llm", "all"} & set(config.stages[name].trainable)) for name in stages]
+        frozen = [i for i, trains in enumerate(trains_llm) if not trains]
+    earliest = max([0, *acts.values(), *(i + 1 for i in frozen)])
+    if rungs.from_stage is None:
+        if earliest >= len(stages):
+            raise FieldIssue(
+                ("sweep", "scheduler", "rungs"),
+                f"no stage where ASHA may compare trials on {metric}: the last stage, {stages[-1]}, trains "
+                "no LLM; use kind: fifo, or rungs.allow_frozen_llm: true on purpose",
+            )
+        rungs.from_stage = stages[earliest]
+        return
+    start = stages.index(rungs.from_stage)
+    late = [key for key, index in acts.items() if index > start]
+    if late:
+        key = max(late, key=lambda k: acts[k])
+        raise FieldIssue(
+            where,
+            f"{rungs.from_stage} comes before {key} acts (first in {stages[acts[key]]}): a rung there would "
+            f"compare trials that do not yet differ by it; rungs from {stages[earliest]} on",
+            related=(("sweep", "search_space", key),),
+        )
+    frozen_after = [i for i in frozen if i >= start]
+    if frozen_after:
+        name = stages[frozen_after[0]]
+        later = f"from_stage: {stages[earliest]}, or " if earliest < len(stages) else ""
+        raise FieldIssue(
+            where,
+            f"{name} trains no LLM (trainable: {', '.join(config.stages[name].trainable)}): a rung there "
+            f"would rank trials by {metric} while the LLM is frozen; {later}rungs.allow_frozen_llm: true on "
+            "purpose",
+            related=(("stages", name, "trainable"),),
+        )
 
 
 __all__ = [
@@ -301,6 +518,7 @@ __all__ = [
     "StorageConfig",
     "SweepConfig",
     "TrackingConfig",
+    "ValidationCognition",
     "ValidationSet",
     "VariantConfig",
     "derive_grad_accum",

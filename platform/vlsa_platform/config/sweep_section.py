@@ -15,6 +15,10 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from .errors import FieldIssue
 from .vocabulary import METRICS, Name, Section, VisionMode
 
+SEED_KEY = "seed"
+"""The config field (and flattened MLflow param) a sweep's seed repeats set, and the Tune trial parameter that
+carries a trial's seed."""
+
 
 class Domain(Section):
     """Values a sweep key takes: exactly one of ``grid``, ``choice``, ``uniform``, ``loguniform``."""
@@ -58,18 +62,45 @@ class Domain(Section):
         return {self.kind: list(getattr(self, self.kind))}
 
 
+RungPoints = Literal["validations", "stage_ends"]
+
+
+class RungsConfig(Section):
+    """Where ASHA may compare trials, in stage terms: its clock counts *rung points* — validation points, or
+    stage ends — from ``from_stage`` on (0 before it), so no rung can fall before that stage. ``validate``
+    prints the rungs as ``(stage, step)`` and refuses a ``from_stage`` where a swept setting has not yet
+    acted."""
+
+    from_stage: Name | None = None
+    """The first stage whose rung points count. It must not come before the first stage in which every
+    search-space key has acted (the trials' inputs to it differ), nor — for ``val/loss_llm`` unless
+    ``allow_frozen_llm`` — before a stage that does not train the LLM. ``null`` = the earliest such stage."""
+    at: RungPoints = "validations"
+    """``validations``: every validation point (each ``data.validation.every_steps`` steps and each stage's
+    end) from ``from_stage`` on is one tick of the clock; ``stage_ends``: only the ends of ``from_stage`` and
+    of the stages after it are."""
+    allow_frozen_llm: bool = False
+    """Let rungs fall in stages that train no LLM (``trainable`` without ``llm`` or ``all``) although the
+    metric is ``val/loss_llm``, on purpose (by default such a rung is refused: there the LLM loss moves only through
+    the visual tokens, and early leaders need not lead once the LLM trains)."""
+
+
 class SchedulerConfig(Section):
-    """Trial scheduler. Its time unit is one report of the trial (``training_iteration``)."""
+    """Trial scheduler. ASHA's time unit is one rung point of :class:`RungsConfig` (its ``rungs``)."""
 
     kind: Literal["fifo", "asha"] = "fifo"
     """``fifo``: run every trial to the end; ``asha``: stop the worse trials early (Ray Tune ASHA)."""
+    rungs: RungsConfig = Field(default_factory=RungsConfig)
+    """ASHA: where it may compare trials (the stage its clock starts in, and what counts as a tick)."""
     grace_period: PositiveInt = 1
-    """ASHA: reports a trial makes before it may be stopped."""
+    """ASHA: rung points (counted from ``rungs.from_stage``) a trial passes before it may be stopped: the
+    first rung; the k-th is at ``grace_period x reduction_factor^k`` of them."""
     reduction_factor: Annotated[float, Field(gt=1.0)] = 3.0
     """ASHA: 1 / fraction of trials promoted at each rung."""
     max_t: PositiveInt | None = None
-    """ASHA: where its rungs end (none at or past it); ``null`` = one report less than a trial makes (derived
-    from the stages' lengths: a rung at the last report would stop a trial whose work is done)."""
+    """ASHA: where its rungs end, in rung points (none past it); ``null`` = one less than a trial passes
+    (derived from the stages' lengths: a rung at the trial's last report would stop a trial whose work is
+    done)."""
     brackets: PositiveInt = 1
     """ASHA: number of brackets."""
 
@@ -84,6 +115,9 @@ class SweepConfig(Section):
     ``optuna``: ``num_samples`` trials proposed by Optuna's TPE (no ``grid`` domains)."""
     num_samples: PositiveInt = 1
     """``grid``: repeats of each grid point; otherwise the number of trials."""
+    seeds: PositiveInt = 1
+    """Seeds each setting runs with: the experiment's ``seed``, ``seed + 1``, ..., ``seed + seeds - 1`` (each
+    a trial; ``grid`` only when above 1). The report shows each setting's mean and spread over its seeds."""
     metric: str = "val/loss_llm"
     """Metric key the search and the scheduler compare."""
     mode: Literal["min", "max"] = "min"
@@ -113,18 +147,39 @@ class SweepConfig(Section):
                     ("search_space", key),
                     f"algorithm: {self.algorithm} draws values; use choice: [...] instead of grid",
                 )
+        if self.seeds > 1 and SEED_KEY in self.search_space:
+            raise FieldIssue(
+                ("seeds",),
+                f"seeds: {self.seeds} sets {SEED_KEY}; do not also search {SEED_KEY} in search_space",
+            )
+        if self.seeds > 1 and self.algorithm != "grid":
+            # Tune's Repeater (the searcher wrapper that repeats a drawn setting) keeps its groups outside the
+            # experiment's checkpoint: a resumed sweep could not finish them. Refused rather than half-done.
+            raise FieldIssue(
+                ("seeds",),
+                f"seeds above 1 need algorithm: grid (algorithm: {self.algorithm} would draw a new setting per "
+                "seed); list the values to repeat as grid: [...]",
+            )
         return self
+
+    def seed_values(self, base: int) -> list[int]:
+        """The seeds each setting runs with, from the experiment's seed ``base``: ``base``, ``base + 1``, ...
+        (``seeds`` of them) — the one place that rule is written."""
+        return [base + i for i in range(self.seeds)]
 
     @property
     def num_trials(self) -> int:
-        """Trials the sweep runs: the grid's size x ``num_samples`` for ``grid``, else ``num_samples``."""
+        """Trials the sweep runs: the grid's size x ``num_samples`` x ``seeds`` for ``grid``, else
+        ``num_samples`` x ``seeds``."""
         if self.algorithm == "grid":
-            return math.prod(len(d.grid or ()) for d in self.search_space.values()) * self.num_samples
-        return self.num_samples
+            grid = math.prod(len(d.grid or ()) for d in self.search_space.values())
+            return grid * self.num_samples * self.seeds
+        return self.num_samples * self.seeds
 
 
 class VariantConfig(Section):
-    """One ablation variant: overrides of the model's switches (``null`` = as ``model`` says)."""
+    """One ablation variant: overrides of the model's switches (``null`` = as ``model`` says), the stages it
+    trains, and dotted overrides of its own (e.g. its stage-1 data)."""
 
     label: str | None = None
     """Display name, e.g. ``(1) anyres`` for Table 3's rows; ``null`` = the variant's key."""
@@ -134,6 +189,30 @@ class VariantConfig(Section):
     """Overrides ``model.recon``."""
     cognition: bool | None = None
     """Overrides ``model.cognition``."""
+    stages: list[Name] | None = None
+    """The stages this variant trains: some of the file's ``stages``, in the file's order (e.g. ``[stage1,
+    stage3]``: LLaVA-NeXT's 558K pre-training then its 790K fine-tune); ``null`` = all of them."""
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Dotted keys of the config set for this variant only, as ``--set`` sets them, after its stages are chosen
+    (e.g. ``{stages.stage1.mixture: captions_and_llavar}``): a key must name a field of one of its stages or
+    of the rest of the file; the switches above are set by ``vision``, ``recon`` and ``cognition``."""
+
+    @model_validator(mode="after")
+    def _check(self) -> VariantConfig:
+        if self.stages is not None:
+            if not self.stages:
+                raise FieldIssue(("stages",), "leaves no stage to train (null = all the file's stages)")
+            repeated = [name for i, name in enumerate(self.stages) if name in self.stages[:i]]
+            if repeated:
+                raise FieldIssue(("stages",), f"names {repeated[0]!r} twice")
+        for key in self.set:
+            head = key.split(".")[0]
+            if head in ("ablation", "sweep"):
+                raise FieldIssue(("set", key), f"a variant cannot set {head}: it is one run of the ablation")
+            if key in ("model.vision", "model.recon", "model.cognition"):
+                field = key.split(".")[1]
+                raise FieldIssue(("set", key), f"set it with the variant's own {field} field")
+        return self
 
     def switches(self) -> dict[str, Any]:
         """The overridden switches only."""
@@ -141,15 +220,18 @@ class VariantConfig(Section):
 
 
 class AblationConfig(Section):
-    """One child run per variant, all with the same stages and data."""
+    """One child run per variant (Table 3's rows), each through its own stages (``stages``, default all)."""
 
     variants: dict[Name, VariantConfig] = Field(min_length=1)
-    """Variant key -> switches."""
+    """Variant key -> switches, stages and overrides."""
 
 
 __all__ = [
+    "SEED_KEY",
     "AblationConfig",
     "Domain",
+    "RungPoints",
+    "RungsConfig",
     "SchedulerConfig",
     "SweepConfig",
     "VariantConfig",

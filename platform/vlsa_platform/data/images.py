@@ -3,7 +3,8 @@
 The geometry is :mod:`vlsa_platform.model.tiling`'s (``plan_grid`` / ``tile_image``); this module only adds the
 steps around it:
 
-- An image larger than ``max_grid`` allows is shrunk to the grid's content size here, with PIL's bicubic filter
+- An image larger than the canvas of its grid (the best fit among ``grid_pinpoints``) is shrunk to the grid's
+  content size here, with PIL's bicubic filter
   on the 8-bit image (antialiased, and much cheaper than resampling a float tensor of a large photo), so
   ``tile_image`` receives an image that needs no resize. The size comes from ``plan_grid``, so the grid is the
   one ``tile_image`` computes.
@@ -63,8 +64,10 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return to_uint8(image).float().div_(255.0)
 
 
-def _fit_to_grid(image: Image.Image, tile: int, max_grid: tuple[int, int]) -> tuple[Image.Image, TileGrid]:
-    grid = plan_grid(image.height, image.width, tile, max_grid)
+def _fit_to_grid(
+    image: Image.Image, tile: int, pinpoints: Sequence[Sequence[int]]
+) -> tuple[Image.Image, TileGrid]:
+    grid = plan_grid(image.height, image.width, tile, pinpoints)
     if (grid.content_height, grid.content_width) != (image.height, image.width):
         image = image.resize((grid.content_width, grid.content_height), Image.Resampling.BICUBIC)
     return image, grid
@@ -99,7 +102,7 @@ def _recon_from_uint8(
 
 
 def prepare_image(image: Image.Image, config: VLSAConfig, *, recon: bool | None = None) -> ImageInputs:
-    """Tile one RGB image with ``config``'s geometry (encoder size, mean/std, ``max_grid``).
+    """Tile one RGB image with ``config``'s geometry (encoder size, mean/std, ``grid_pinpoints``).
 
     Args:
         image: the decoded image.
@@ -107,14 +110,14 @@ def prepare_image(image: Image.Image, config: VLSAConfig, *, recon: bool | None 
         recon: build the L_rec target; default ``config.recon``.
     """
     tile = config.vision_config.image_size
-    image, grid = _fit_to_grid(image, tile, tuple(config.max_grid))
+    image, grid = _fit_to_grid(image, tile, config.grid_pinpoints)
     pixels = to_uint8(image)
     tiles, lowres, tiled_grid = tile_image(
         pixels.float().div_(255.0),
         tile,
         tuple(config.image_mean),
         tuple(config.image_std),
-        tuple(config.max_grid),
+        config.grid_pinpoints,
     )
     assert tiled_grid == grid, (tiled_grid, grid)  # the shrink above is plan_grid's own
     target = None
@@ -125,7 +128,7 @@ def prepare_image(image: Image.Image, config: VLSAConfig, *, recon: bool | None 
 
 def recon_target(image: Image.Image, config: VLSAConfig) -> torch.Tensor:
     """The ``(3, R, R)`` L_rec target in ``[-1, 1]`` alone (for filling a frozen-target cache)."""
-    image, grid = _fit_to_grid(image, config.vision_config.image_size, tuple(config.max_grid))
+    image, grid = _fit_to_grid(image, config.vision_config.image_size, config.grid_pinpoints)
     return _recon_from_uint8(to_uint8(image), grid, config.image_mean, config.recon_resolution)
 
 

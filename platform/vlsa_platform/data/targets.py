@@ -149,7 +149,7 @@ def recon_transform(config: VLSAConfig) -> ReconTransform:
     from .images import recon_target
 
     tag = (
-        f"images.recon_target:tile={config.vision_config.image_size}:grid={list(config.max_grid)}"
+        f"images.recon_target:tile={config.vision_config.image_size}:pinpoints={config.grid_pinpoints}"
         f":mean={[round(float(m), 6) for m in config.image_mean]}"
     )
     return ReconTransform(functools.partial(recon_target, config=config), tag)
@@ -248,7 +248,7 @@ def build_frozen_targets(
     preset: str,
     *,
     kinds: Iterable[str] = TARGET_KINDS,
-    max_grid: Sequence[int] = (2, 2),
+    grid_pinpoints: Sequence[Sequence[int]] | None = None,
     recon_resolution: int | None = None,
     vq_source: str | None = None,
     vae_source: str | None = None,
@@ -269,7 +269,7 @@ def build_frozen_targets(
     from ..model.presets import PAPER_SOURCES, build_vlsa_config, vq_config
 
     kinds = tuple(kinds)
-    config = build_vlsa_config(preset, max_grid=tuple(max_grid), recon_resolution=recon_resolution)
+    config = build_vlsa_config(preset, grid_pinpoints=grid_pinpoints, recon_resolution=recon_resolution)
     vq_model = vae = None
     if preset == "paper":
         if "vq" in kinds:

@@ -35,10 +35,14 @@ def parameter_counts(config: VLSAConfig, lora: LoraSettings | None = None) -> di
 
 
 def visual_tokens_per_image(config: VLSAConfig) -> int:
-    """Visual tokens the LLM receives for the largest image ``max_grid`` allows (e.g. 672x672 at 2x2)."""
-    rows, cols = config.max_grid
+    """Visual tokens the LLM receives for the largest image the pinpoints allow: the most over the grids of
+    ``grid_pinpoints``, each filled by an image of its canvas size (2928 at 672x672 on 2x2 for ``anyres``,
+    against 2376 at 1008x336 on 3x1; ``l`` for the other modes whatever the grid)."""
     tile = config.vision_config.image_size
-    return num_visual_tokens(config, plan_grid(rows * tile, cols * tile, tile, (rows, cols)))
+    return max(
+        num_visual_tokens(config, plan_grid(rows * tile, cols * tile, tile, config.grid_pinpoints))
+        for rows, cols in config.grid_pinpoints
+    )
 
 
 __all__ = ["build_on_meta", "parameter_counts", "visual_tokens_per_image"]

@@ -12,6 +12,7 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..config.vocabulary import VISION_MODES
+from .tiling import DEFAULT_GRID_PINPOINTS, check_pinpoints
 
 
 @strict
@@ -42,8 +43,10 @@ class VLSAConfig(PretrainedConfig):
     """Per-channel normalisation mean of the vision tower's inputs."""
     image_std: list[float] | None = None
     """Per-channel normalisation std of the vision tower's inputs."""
-    max_grid: list[int] | None = None
-    """``[rows, cols]`` cap on hi-res tiles; larger images are shrunk to fit (default ``[2, 2]``)."""
+    grid_pinpoints: list[list[int]] | None = None
+    """``[rows, cols]`` grids of hi-res tiles an image may be cut into; the best-fitting one is chosen as in
+    LLaVA-NeXT and larger images are shrunk to fit it (default ``tiling.DEFAULT_GRID_PINPOINTS``: 1x1, 1x2, 2x1,
+    2x2, 1x3, 3x1)."""
     image_token_id: int = 0
     """Token id that marks each visual position in ``input_ids`` (one per visual token)."""
     anyres_newline: bool = True
@@ -70,8 +73,9 @@ class VLSAConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.max_grid is None:
-            self.max_grid = [2, 2]
+        if self.grid_pinpoints is None:
+            self.grid_pinpoints = [list(grid) for grid in DEFAULT_GRID_PINPOINTS]
+        self.grid_pinpoints = [list(grid) for grid in check_pinpoints(self.grid_pinpoints)]
         if self.image_mean is None:
             self.image_mean = [0.48145466, 0.4578275, 0.40821073]
         if self.image_std is None:
@@ -90,6 +94,11 @@ class VLSAConfig(PretrainedConfig):
     def patches_per_side(self) -> int:
         """``sqrt(l)``: patch tokens per side of one encoder input (24 for CLIP-ViT-L/14-336)."""
         return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def max_tiles(self) -> int:
+        """``m`` of the largest grid in ``grid_pinpoints`` (4 for the default list's 2x2)."""
+        return max(rows * cols for rows, cols in self.grid_pinpoints)
 
     @property
     def tokens_per_tile(self) -> int:

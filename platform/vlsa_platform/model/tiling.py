@@ -1,9 +1,12 @@
 """Compressive high-resolution image encoding: the tiling geometry (paper §3.1, DESIGN.md §2).
 
-An image of any size is first shrunk (aspect ratio kept) if it would need more tiles than ``max_grid`` allows,
-then padded at the bottom/right to the smallest multiple of the encoder's input size, cut into ``rows * cols``
-hi-res tiles ``X_Hi`` (row-major), and the whole padded canvas is resized to the encoder size for the low-res
-snapshot ``X_Lo``. Padding uses the encoder's mean colour, so it is zero after normalisation.
+The grid is the one of a pinpoint list (``(rows, cols)`` grids of encoder-sized tiles) that LLaVA-NeXT's
+``select_best_resolution`` picks: the most image kept, then the least padding. The image is shrunk (aspect ratio
+kept) only if it is larger than that grid's canvas, never enlarged, then padded at the bottom/right to the
+canvas, cut into ``rows * cols`` hi-res tiles ``X_Hi`` (row-major), and the whole padded canvas is resized to
+the encoder size for the low-res snapshot ``X_Lo``. Padding uses the encoder's mean colour, so it is zero after
+normalisation. With the default list (:data:`DEFAULT_GRID_PINPOINTS`) the grid is the smallest multiple of the
+tile that holds the image whenever the list has one (1x1 … 2x2, 1x3, 3x1).
 
 The same geometry feeds all three vision paths: the SA-Perceiver (which needs the grid for its locality mask),
 LLaVA-NeXT ``anyres`` flattening (which needs the unpadded content size), and ``lowres`` (snapshot only).
@@ -12,10 +15,14 @@ LLaVA-NeXT ``anyres`` flattening (which needs the unpadded content size), and ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.image_processing_utils import select_best_resolution
+
+from ..config.model_section import DEFAULT_GRID_PINPOINTS
 
 
 @dataclass(frozen=True)
@@ -47,24 +54,51 @@ class TileGrid:
         return self.cols * self.tile
 
 
-def plan_grid(height: int, width: int, tile: int, max_grid: tuple[int, int] = (2, 2)) -> TileGrid:
+def check_pinpoints(pinpoints: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+    """``pinpoints`` as a tuple of ``(rows, cols)`` pairs; ``ValueError`` for an empty list, a pair that is not
+    two positive integers, or a repeated grid."""
+    grids = tuple(tuple(int(n) for n in pair) for pair in pinpoints)
+    if not grids:
+        raise ValueError("grid_pinpoints is empty: give at least one (rows, cols) grid")
+    for pair in grids:
+        if len(pair) != 2 or min(pair) < 1:
+            raise ValueError(f"grid pinpoint {list(pair)} is not [rows, cols] with both at least 1")
+    if len(set(grids)) != len(grids):
+        raise ValueError(f"grid_pinpoints repeats a grid: {[list(g) for g in grids]}")
+    return grids  # type: ignore[return-value]
+
+
+def largest_grids(pinpoints: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """The pinpoints with the most tiles (what a worst-case image is cut into)."""
+    grids = check_pinpoints(pinpoints)
+    most = max(rows * cols for rows, cols in grids)
+    return [(rows, cols) for rows, cols in grids if rows * cols == most]
+
+
+def plan_grid(
+    height: int, width: int, tile: int, pinpoints: Sequence[Sequence[int]] = DEFAULT_GRID_PINPOINTS
+) -> TileGrid:
     """The tile grid for an image of ``height x width`` pixels.
 
-    The image is shrunk only if it is larger than ``max_grid`` tiles allow in either direction (aspect kept);
-    it is never enlarged.
+    The grid is the pinpoint whose canvas LLaVA-NeXT's ``select_best_resolution`` picks for the image; the
+    image is shrunk (aspect kept) only if it is larger than that canvas in either direction, never enlarged,
+    and a shrunk image gets the least-padded pinpoint that holds it.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
-    max_rows, max_cols = max_grid
-    if max_rows < 1 or max_cols < 1:
-        raise ValueError(f"max_grid must be at least (1, 1), got {max_grid}")
-    scale = min(1.0, max_rows * tile / height, max_cols * tile / width)
+    canvases = [(rows * tile, cols * tile) for rows, cols in check_pinpoints(pinpoints)]
+    canvas_h, canvas_w = select_best_resolution((height, width), canvases)
+    scale = min(1.0, canvas_h / height, canvas_w / width)
     if scale < 1.0:
-        height = min(max_rows * tile, max(1, round(height * scale)))
-        width = min(max_cols * tile, max(1, round(width * scale)))
+        height = min(canvas_h, max(1, round(height * scale)))
+        width = min(canvas_w, max(1, round(width * scale)))
+        # The shrunk image fits this canvas; the least-padded canvas that holds it is chosen again, since the
+        # effective-area rule truncates to whole pixels and can leave a tile of padding only (2679x1339 px
+        # -> 672x336 on 3x1). Planning the shrunk image then gives the same grid.
+        canvas_h, canvas_w = select_best_resolution((height, width), canvases)
     return TileGrid(
-        rows=math.ceil(height / tile),
-        cols=math.ceil(width / tile),
+        rows=canvas_h // tile,
+        cols=canvas_w // tile,
         content_height=height,
         content_width=width,
         tile=tile,
@@ -76,7 +110,7 @@ def tile_image(
     tile: int,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
-    max_grid: tuple[int, int] = (2, 2),
+    pinpoints: Sequence[Sequence[int]] = DEFAULT_GRID_PINPOINTS,
 ) -> tuple[torch.Tensor, torch.Tensor, TileGrid]:
     """Cut one image into normalised hi-res tiles and a low-res snapshot.
 
@@ -84,14 +118,14 @@ def tile_image(
         image: ``(3, H, W)`` float tensor in ``[0, 1]``.
         tile: encoder input size.
         mean, std: the encoder's normalisation.
-        max_grid: ``(rows, cols)`` cap.
+        pinpoints: the ``(rows, cols)`` grids allowed (:func:`plan_grid`).
 
     Returns:
         ``tiles`` ``(m, 3, tile, tile)``, ``lowres`` ``(3, tile, tile)``, and the :class:`TileGrid`.
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
-    grid = plan_grid(image.shape[1], image.shape[2], tile, max_grid)
+    grid = plan_grid(image.shape[1], image.shape[2], tile, pinpoints)
     x = image.float().unsqueeze(0)
     if (grid.content_height, grid.content_width) != tuple(image.shape[1:]):
         x = F.interpolate(

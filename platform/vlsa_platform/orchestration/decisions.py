@@ -1,14 +1,16 @@
 """ASHA's decisions, from the scheduler to a trial's workers: every piece in one place.
 
-- the Tune side: :func:`scheduler` (ASHA on validation points, or FIFO) builds a :class:`PostingASHAScheduler`,
-  Tune's ASHA that posts each decision it takes on a trial's result to a :class:`DecisionBoard`, which writes
-  it in the trial's run folder (:func:`decision_file`);
+- the Tune side: :func:`scheduler` (ASHA on the rung clock, or FIFO) builds a :class:`PostingASHAScheduler`,
+  Tune's ASHA that posts each decision it takes at a rung to a :class:`DecisionBoard`, which writes it in the
+  trial's run folder (:func:`decision_file`); :func:`worker_clock` is what the workers get to read the clock;
 - the worker side: after each validation Tune sees (:func:`tune_report`, the rule ``ValidationReportCallback``
-  forwards by), a trial's rank 0 waits for the decision on it (:func:`await_decision`): go on, or wait for Tune
-  to end the trial. Tune acts on a decision by ending the trial's processes, which takes seconds while a stage
-  trains on; a worker that waits trains no step past the rung that stopped it.
+  forwards by) at which ASHA decides (a rung tick of :class:`.rungs.RungClock`), a trial's rank 0 waits for the
+  decision on it (:func:`await_decision`): go on, or wait for Tune to end the trial. Tune acts on a decision by
+  ending the trial's processes, which takes seconds while a stage trains on; a worker that waits trains no step
+  past the rung that stopped it. At the other validations no rung can fall, and it does not wait.
 
-ASHA's rungs count Tune's ``training_iteration``, i.e. validations (:func:`.sweep.validations_per_run`).
+ASHA's time is the rung clock (:data:`.rungs.RUNG_CLOCK`): rung points (validation points or stage ends)
+counted from ``sweep.scheduler.rungs.from_stage`` on, 0 before it, which rank 0 writes into every report.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from .. import storage
 from ..config.schema import ExperimentConfig
-from .sweep import trial_run, validations_per_run
+from .plan import planned_rungs
+from .rungs import RUNG_CLOCK, UNKNOWN_MAX_T, RungClock
+from .sweep import trial_run
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +37,6 @@ the scheduler judged."""
 DECISION_TIMEOUT_S = 120.0
 """How long a trial's rank 0 waits for the scheduler's decision on a validation before going on."""
 DECISION_POLL_S = 0.2
-UNKNOWN_MAX_T = 1000
-"""ASHA's ``max_t`` when a stage's length is not known before it starts (``epochs`` over datasets of unknown
-size): large enough never to cut a trial short."""
 
 
 def decision_file(run_directory: str, global_step: int) -> str:
@@ -63,15 +64,17 @@ def await_decision(
     metrics: Mapping[str, Any],
     metric: str,
     *,
+    due: bool = True,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """After a validation that reaches the sweep's scheduler (the reports ``ValidationReportCallback``
     forwards: with ``val/`` metrics and, merged with the latest training metrics in ``latest``, the sweep
-    ``metric``), wait for its decision in the run folder ``directory``: go on, or wait here for Tune to end
-    this trial. The other ranks wait for rank 0 in the next collective. No decision within
-    :data:`DECISION_TIMEOUT_S`: go on. ``sleep`` and ``clock`` are how it waits and tells the time."""
-    if tune_report(latest, metrics, metric) is None:
+    ``metric``) and is ``due`` (ASHA decides there: :meth:`.rungs.RungClock.waits_at`), wait for its
+    decision in the run folder ``directory``: go on, or wait here for Tune to end this trial. The other ranks
+    wait for rank 0 in the next collective. No decision within :data:`DECISION_TIMEOUT_S`: go on. ``sleep`` and
+    ``clock`` are how it waits and tells the time."""
+    if tune_report(latest, metrics, metric) is None or not due:
         return
     path = decision_file(directory, int(metrics["global_step"]))
     timeout_s = DECISION_TIMEOUT_S
@@ -121,37 +124,54 @@ class DecisionBoard:
 
 
 class PostingASHAScheduler(ASHAScheduler):
-    """Tune's ASHA, posting each decision it takes on a trial's result to a :class:`DecisionBoard`."""
+    """Tune's ASHA, posting each decision it takes at a rung on a trial's result to a :class:`DecisionBoard`
+    (at the other results it decides nothing, and no worker waits)."""
 
     def __init__(self, board: DecisionBoard | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.board = board
 
+    def _rungs_passed(self, trial: Any) -> int:
+        return sum(trial.trial_id in seen for bracket in self._brackets for _, seen in bracket._rungs)
+
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        before = self._rungs_passed(trial)
         decision = super().on_trial_result(tune_controller, trial, result)
-        if self.board is not None:
+        if self.board is not None and self._rungs_passed(trial) > before:
             self.board.post(trial, result, decision)
         return decision
 
 
+def worker_clock(config: ExperimentConfig) -> RungClock | None:
+    """What a trial's rank 0 needs to read the rung clock and know where ASHA decides; ``None`` without ASHA."""
+    rungs = planned_rungs(config)
+    return rungs.clock if rungs is not None else None
+
+
 def scheduler(config: ExperimentConfig, run_folder: Callable[[str], str] | None = None) -> Any:
-    """ASHA (``AsyncHyperBandScheduler`` on ``training_iteration``, i.e. validation points) or FIFO.
+    """ASHA (``AsyncHyperBandScheduler`` on the rung clock: rung points from ``rungs.from_stage`` on) or FIFO
+    (also for an ASHA sweep whose trials pass too few rung points for any rung: ``max_t`` below the grace
+    period).
 
     With ``run_folder`` (a run's folder by its name, in the submission's run storage), ASHA also posts each
-    decision to the trial's run folder, where the trial's workers wait for it after every validation
+    decision to the trial's run folder, where the trial's rank 0 waits for it at the ticks where ASHA decides
     (:class:`DecisionBoard`): a trial ASHA stops trains no step past the rung that stopped it.
     """
-    if config.sweep is None or config.sweep.scheduler.kind == "fifo":
+    rungs = planned_rungs(config)
+    if rungs is None or config.sweep is None:
         return FIFOScheduler()
     settings = config.sweep.scheduler
-    validations = validations_per_run(config)
-    # A rung at a trial's last validation would stop it when its work is done: no rung reaches it (and with
-    # max_t below grace_period, ASHA has no rung at all).
-    max_t = settings.max_t or (max(1, validations - 1) if validations else UNKNOWN_MAX_T)
+    if not rungs.clock.waits:
+        log.warning(
+            "ASHA has no rung (max_t %s rung points, grace_period %s): every trial runs to its end",
+            rungs.max_t,
+            settings.grace_period,
+        )
+        return FIFOScheduler()
     return PostingASHAScheduler(
         DecisionBoard(config, run_folder) if run_folder is not None else None,
-        time_attr="training_iteration",
-        max_t=max_t,
+        time_attr=RUNG_CLOCK,
+        max_t=rungs.max_t,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
         brackets=settings.brackets,
@@ -171,4 +191,5 @@ __all__ = [
     "decision_file",
     "scheduler",
     "tune_report",
+    "worker_clock",
 ]

@@ -14,7 +14,12 @@ The JSON shape (fixed keys; extra keys may be added, never renamed)::
                                          "micro_batch", "grad_accum", "global_batch"}}]}],
      "search_space", "num_trials"}
 
-Extra keys: per run ``label``, ``model`` (the switches), ``param_counts`` by part; per stage ``steps``
+Extra keys: ``seeds`` (the seeds each setting runs with: ``sweep.seeds`` of them from ``seed``); ``rungs``
+(an ASHA sweep's rungs, ``[{"stage", "step" (within the stage), "rung_point"}]``, in the order a trial meets
+them, ``null`` when a stage's length is unknown; ``[]`` without ASHA) and ``asha`` (its clock: ``from_stage``,
+``at``, ``grace_period``, ``reduction_factor``, ``brackets``, ``max_t``, ``rung_points`` a trial passes, and a
+``note`` in words; ``null`` without ASHA); per run
+``label``, ``model`` (the switches), ``param_counts`` by part; per stage ``steps``
 (estimated from ``epochs`` when every dataset's ``num_samples`` is known, else null), ``epochs``,
 ``lr`` by trainable part, ``mixture``, ``warnings`` (e.g. settings the memory estimate says do not fit); in
 ``loss`` the in-stage ``schedule``; in ``placement`` ``use_gpu``, ``offload``, ``derived`` (the fields the file
@@ -45,6 +50,7 @@ from ..cluster import (
 )
 from ..config.errors import ConfigError
 from ..config.schema import ExperimentConfig, StageConfig, sampled_size
+from .rungs import RungSchedule, rung_schedule
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ class PlannedRun:
     label: str
     """Display name, e.g. ``(1) anyres``."""
     config: ExperimentConfig
-    """The run's config: for a variant, its switches applied and ``ablation`` removed."""
+    """The run's config: for a variant, its switches applied, only its stages kept, its ``set`` keys applied and
+    ``ablation`` removed (``ExperimentConfig.variant``)."""
 
 
 def expand_runs(config: ExperimentConfig) -> list[PlannedRun]:
@@ -250,10 +257,12 @@ def build_plan(config: ExperimentConfig) -> dict[str, Any]:
     runs = expand_runs(config)
     if config.sweep is not None:
         search_space = {key: domain.describe() for key, domain in config.sweep.search_space.items()}
-        num_trials = config.sweep.num_trials
+        num_trials = config.sweep.num_trials  # seed repeats included
+        seeds = config.sweep.seed_values(config.seed)
     else:
         search_space = None
         num_trials = len(runs)
+        seeds = [config.seed]
     return {
         "experiment": config.name,
         "kind": config.kind,
@@ -261,6 +270,46 @@ def build_plan(config: ExperimentConfig) -> dict[str, Any]:
         "runs": [plan_run(run) for run in runs],
         "search_space": search_space,
         "num_trials": num_trials,
+        "seeds": seeds,
+        **_rungs_in_plan(config),
+    }
+
+
+def planned_rungs(config: ExperimentConfig) -> RungSchedule | None:
+    """ASHA's rungs (``None`` without ASHA), from the stage lengths the plan shows (:func:`stage_steps`) of the
+    sweep's template: what ``validate`` prints and the scheduler and the workers use."""
+    return rung_schedule(config, {name: stage_steps(config, stage) for name, stage in config.stages.items()})
+
+
+def _rungs_in_plan(config: ExperimentConfig) -> dict[str, Any]:
+    """The plan's ``rungs`` and ``asha``."""
+    schedule = planned_rungs(config)
+    if schedule is None or config.sweep is None:
+        return {"rungs": [], "asha": None}
+    settings, clock = config.sweep.scheduler, schedule.clock
+    counted = "validation points" if clock.at == "validations" and clock.every else "stage ends"
+    if schedule.points is None:
+        note = f"rungs unknown: a stage from {clock.from_stage} on has no length before it runs (epochs)"
+    elif not clock.waits:
+        note = (
+            f"no rung: from {clock.from_stage} on a trial meets {len(schedule.points)} "
+            f"{counted if len(schedule.points) != 1 else counted[:-1]}, the last "
+            f"where its work is done; the first rung needs grace_period {settings.grace_period} before it"
+        )
+    else:
+        note = f"rungs at {counted} from {clock.from_stage} on; step within the stage"
+    return {
+        "rungs": schedule.rungs(),
+        "asha": {
+            "from_stage": clock.from_stage,
+            "at": clock.at,
+            "grace_period": settings.grace_period,
+            "reduction_factor": settings.reduction_factor,
+            "brackets": settings.brackets,
+            "max_t": schedule.max_t,
+            "rung_points": len(schedule.points) if schedule.points is not None else None,
+            "note": note,
+        },
     }
 
 
@@ -272,6 +321,7 @@ __all__ = [
     "expand_runs",
     "model_numbers",
     "plan_run",
+    "planned_rungs",
     "remember_model_numbers",
     "remember_planned",
     "stage_placements",

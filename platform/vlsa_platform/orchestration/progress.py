@@ -3,8 +3,8 @@
 - :class:`ValidationReportCallback` (a Ray Train callback, subclass of Tune's ``TuneReportCallback``) forwards
   a stage's reports to Tune only at validation points (every ``data.validation.every_steps`` and at stage
   ends), each merged with the latest training metrics (stage, step, losses) and only when it then carries the
-  sweep metric. Tune's ``training_iteration`` thus counts validations, which is the unit of ASHA's rungs
-  (:mod:`.decisions`), and Optuna always sees its metric.
+  sweep metric, so Optuna always sees its metric; ASHA reads its time from the rung clock rank 0 writes into
+  each report (:mod:`.rungs`, :mod:`.decisions`).
 - :class:`ProgressCallback` (a Tune callback) prints one line per event — a trial starting, validating,
   finishing, stopped early by ASHA, failing — instead of Tune's full table, keeps a JSON snapshot of the trials
   for ``vlsa-platform status`` and marks early-stopped trials' MLflow runs ``KILLED`` (their process was ended,

@@ -38,7 +38,7 @@ from ..config.schema import ExperimentConfig
 from ..tracking import names
 from ..tracking.store import LocalTrackingServer, TrackingStore, resolve_store, shared_store
 from ..tracking.tracker import Tracker, git_commit
-from .decisions import scheduler
+from .decisions import scheduler, worker_clock
 from .plan import expand_runs, model_numbers, remember_model_numbers, stage_placements
 from .progress import ProgressCallback, ValidationReportCallback
 from .submission_types import ClusterResourceError, SubmissionResult, SubmissionSpec, TrialOutcome
@@ -92,6 +92,7 @@ def _trial(
         await_decisions=metric
         if config.sweep is not None and config.sweep.scheduler.kind == "asha"
         else None,
+        rung_clock=worker_clock(config),  # ASHA's clock in every report; waits only where it decides
     )
 
 

@@ -7,13 +7,15 @@ Every submission is a Tune experiment whose trials are child runs:
   (``grid`` -> ``tune.grid_search``, ``choice``, ``uniform``, ``loguniform``), by Tune's own variant generator
   (``algorithm: grid`` or ``random``, seeded with the experiment's ``seed``) or by Optuna's TPE
   (``algorithm: optuna``, ``ray.tune.search.optuna.OptunaSearch``);
+- **seed repeats** (``sweep.seeds: N``): a further ``tune.grid_search`` over the trial parameter ``seed``
+  (the experiment's ``seed``, ``seed + 1``, ...), crossed with the grid, which :func:`trial_run` applies to
+  the trial's config (``grid`` only: Tune's variant generator would draw a new setting per seed);
 - an **ablation**: one trial per variant (``tune.grid_search`` over the variant keys);
 - a **single run**: one trial.
 
 Trials report to Tune only at validation points (every ``data.validation.every_steps`` optimizer steps and at
-the end of every stage) and each report carries the sweep's metric: Tune's ``training_iteration`` therefore
-counts validations, and ASHA's rungs (``grace_period`` x ``reduction_factor``^k of them) fall at validation
-points and stage boundaries (:func:`validations_per_run`).
+the end of every stage) and each report carries the sweep's metric; ASHA's clock counts those points (or
+stage ends) from ``sweep.scheduler.rungs.from_stage`` on (:mod:`.rungs`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.schema import Domain, ExperimentConfig
-from .plan import PlannedRun, stage_steps
+from ..config.sweep_section import SEED_KEY
+from .plan import PlannedRun
 
 VARIANT_KEY = "variant"
 """Trial parameter that names the ablation variant of a trial."""
@@ -44,14 +47,24 @@ def _domain(domain: Domain) -> Any:
 
 
 def param_space(config: ExperimentConfig) -> dict[str, Any]:
-    """Tune's ``param_space``: the sweep's dotted keys, the ablation's variants, or nothing for one run."""
+    """Tune's ``param_space``: the sweep's dotted keys (and the seeds of its repeats), the ablation's variants,
+    or nothing for one run."""
     from ray import tune
 
     if config.sweep is not None:
-        return {key: _domain(domain) for key, domain in config.sweep.search_space.items()}
+        space = {key: _domain(domain) for key, domain in config.sweep.search_space.items()}
+        if config.sweep.seeds > 1:
+            space[SEED_KEY] = tune.grid_search(seeds(config))
+        return space
     if config.ablation is not None:
         return {VARIANT_KEY: tune.grid_search(list(config.ablation.variants))}
     return {}
+
+
+def seeds(config: ExperimentConfig) -> list[int]:
+    """The seeds every setting of the sweep runs with: ``seed``, ``seed + 1``, ... (``sweep.seeds`` of them);
+    ``[seed]`` without a sweep."""
+    return config.sweep.seed_values(config.seed) if config.sweep is not None else [config.seed]
 
 
 def num_samples(config: ExperimentConfig) -> int:
@@ -71,26 +84,14 @@ def search_algorithm(config: ExperimentConfig, max_concurrent: int) -> Any:
     return BasicVariantGenerator(random_state=config.seed, max_concurrent=max_concurrent)
 
 
-def validations_per_run(config: ExperimentConfig) -> int | None:
-    """Validation points of a whole run (each stage: every ``every_steps`` steps, and its end), or ``None``
-    when a stage's length is unknown before it starts."""
-    every = config.data.validation.every_steps if config.data.validation else None
-    total = 0
-    for stage in config.stages.values():
-        steps = stage_steps(config, stage)
-        if steps is None:
-            return None
-        total += steps // every + (1 if steps % every else 0) if every else 1
-    return total
-
-
 @dataclass(frozen=True)
 class TrialRun:
     """What one trial trains: its run (name, variant, config) and the values that set it apart."""
 
     run: PlannedRun
     values: dict[str, Any]
-    """The sampled values (sweep) or ``{"variant": key}`` (ablation); empty for a single run."""
+    """The sampled values (sweep; with ``seed`` when it repeats seeds) or ``{"variant": key}`` (ablation); empty
+    for a single run."""
 
 
 def trial_run(config: ExperimentConfig, params: dict[str, Any], trial_id: str) -> TrialRun:
@@ -101,6 +102,8 @@ def trial_run(config: ExperimentConfig, params: dict[str, Any], trial_id: str) -
     """
     if config.sweep is not None:
         values = {key: params[key] for key in config.sweep.search_space}
+        if SEED_KEY in params and SEED_KEY not in values:  # a seed repeat
+            values[SEED_KEY] = params[SEED_KEY]
         name = f"trial-{trial_id.rsplit('_', 1)[-1]}"
         return TrialRun(PlannedRun(name, None, name, config.trial(values, trial_id=name)), values)
     if config.ablation is not None:
@@ -129,6 +132,6 @@ __all__ = [
     "num_samples",
     "param_space",
     "search_algorithm",
+    "seeds",
     "trial_run",
-    "validations_per_run",
 ]

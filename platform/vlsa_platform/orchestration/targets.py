@@ -175,7 +175,8 @@ def fill_cache(
         image_root: folder or ``s3://`` prefix of the images, or ``{dataset: root}``.
         cache_root: the cache's folder or ``s3://`` prefix.
         frozen: a picklable zero-argument builder of :class:`FrozenTargets` (e.g.
-            ``functools.partial(build_frozen_targets, "paper", max_grid=(2, 2))``), or a preset name.
+            ``functools.partial(build_frozen_targets, "paper", grid_pinpoints=[[1, 1], [2, 2]])``), or a
+            preset name.
         kinds: targets to fill (default: those the builder's models give).
         use_ray: Ray Data with ``concurrency`` actors (Ray is started locally if it is not yet); else in
             this process.

@@ -48,6 +48,7 @@ from ..tracking.store import TrackingStore
 from ..tracking.tracker import Tracker, git_commit
 from ..train.spec import EXPORT_DIR, PROGRESS_FILE, StageSpec
 from .plan import PlannedRun, plan_run, stage_placements
+from .rungs import RUNG_CLOCK, RungClock
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,9 @@ class _RayWorkerContext:
     latest checkpoint it hands back is the latest of ``stage`` (a segment's checkpoint history holds earlier
     stages' too), and it remembers the last metrics reported."""
 
-    def __init__(self, directory: str, await_decisions: str | None = None) -> None:
+    def __init__(
+        self, directory: str, await_decisions: str | None = None, rung_clock: RungClock | None = None
+    ) -> None:
         import ray.train
 
         context = ray.train.get_context()
@@ -143,7 +146,11 @@ class _RayWorkerContext:
         self.stage: str | None = None
         self.last_metrics: dict[str, float] = {}
         self.await_decisions = await_decisions
+        self.rung_clock = rung_clock
+        self.step_offset = 0
+        """Global step of the running stage's step 0."""
         self._latest: dict[str, Any] = {}
+        self._stage_steps: dict[str, int] = {}
 
     def persisted_checkpoint(self) -> str | None:
         """The location (local folder or ``s3://``) of the latest checkpoint persisted in storage."""
@@ -172,20 +179,41 @@ class _RayWorkerContext:
 
         self.last_metrics = dict(metrics)
         checkpoint = None
+        last = False
         if checkpoint_dir:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
             progress_file = Path(checkpoint_dir) / PROGRESS_FILE  # rank 0's, whose metrics Ray keeps
             if progress_file.exists():
-                metrics = {**metrics, KEEP_SCORE: _keep_score(json.loads(progress_file.read_text()))}
+                progress = json.loads(progress_file.read_text())
+                metrics = {**metrics, KEEP_SCORE: _keep_score(progress)}
+                last = int(progress["step"]) >= int(progress["stage_steps"])
+        due = True
+        if self.rung_clock is not None and self.rank == 0 and "global_step" in metrics:
+            clock, point = self._rung_reading(int(metrics["global_step"]), last)
+            metrics = {**metrics, RUNG_CLOCK: float(clock)}
+            due = self.rung_clock.waits_at(clock, point)
         ray.train.report(metrics, checkpoint=checkpoint)
         if self.await_decisions is not None and self.rank == 0:
-            self._await_decision(metrics)
+            self._await_decision(metrics, due)
 
-    def _await_decision(self, metrics: Mapping[str, Any]) -> None:
-        """Rank 0, after a report: wait for the scheduler's decision on it (:func:`.decisions.await_decision`)."""
+    def _rung_reading(self, global_step: int, last: bool) -> tuple[int, bool]:
+        """Rank 0: the rung clock at a report of the running stage (:meth:`.rungs.RungClock.reading`); the
+        earlier stages' lengths from their markers (rank 0 wrote them)."""
+        assert self.rung_clock is not None and self.stage is not None
+        stages = self.rung_clock.stages
+        earlier = stages[stages.index(self.rung_clock.from_stage) : stages.index(self.stage)]
+        for stage in earlier:
+            if stage not in self._stage_steps:
+                self._stage_steps[stage] = _read_marker(self.directory, stage).stage_steps
+        lengths = [self._stage_steps[stage] for stage in earlier]
+        return self.rung_clock.reading(self.stage, global_step - self.step_offset, last, lengths)
+
+    def _await_decision(self, metrics: Mapping[str, Any], due: bool = True) -> None:
+        """Rank 0, after a report: wait for the scheduler's decision on it when ASHA decides there (``due``;
+        :func:`.decisions.await_decision`)."""
         from .decisions import await_decision  # Tune's scheduler classes: only in a trial that waits
 
-        await_decision(self.directory, self._latest, metrics, self.await_decisions)
+        await_decision(self.directory, self._latest, metrics, self.await_decisions, due=due)
 
 
 KEEP_SCORE = "vlsa_checkpoint_keep"
@@ -211,7 +239,10 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     from ..train.loop import run_stage
 
     directory = loop_config["directory"]
-    ctx = _RayWorkerContext(directory, loop_config.get("await_decisions"))
+    clock = loop_config.get("rung_clock")
+    ctx = _RayWorkerContext(
+        directory, loop_config.get("await_decisions"), RungClock.from_dict(clock) if clock else None
+    )
     before = loop_config.get("previous")
     previous = StageOutcome(**before) if before else None
     for data in loop_config["specs"]:
@@ -224,7 +255,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             spec.step_offset = previous.global_step
             spec.init_from = previous.model
             spec.gpu_hours_before = previous.gpu_hours
-        ctx.stage = spec.stage
+        ctx.stage, ctx.step_offset = spec.stage, spec.step_offset
         progress = run_stage(spec, ctx)
         # Each rank's report returns once its own files of the final checkpoint are uploaded, not rank 0's:
         # wait for every rank before reading rank 0's progress file here and its export in the next stage.
@@ -290,6 +321,7 @@ def _fit_segment(
     config: ExperimentConfig,
     callbacks: Sequence[Any] = (),
     await_decisions: str | None = None,
+    rung_clock: RungClock | None = None,
 ) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -316,6 +348,7 @@ def _fit_segment(
             "previous": dict(previous.__dict__) if previous is not None else None,
             "directory": directory,
             "await_decisions": await_decisions,
+            "rung_clock": rung_clock.to_dict() if rung_clock is not None else None,
         },
         scaling_config=_scaling_config(placement, config.data.loader_workers),
         run_config=run_config,
@@ -376,6 +409,7 @@ def run_training(
     tags: Mapping[str, str] | None = None,
     callbacks: Sequence[Any] = (),
     await_decisions: str | None = None,
+    rung_clock: RungClock | None = None,
 ) -> TrainingResult:
     """Train ``run`` through all its stages (resuming a run of the same name found in ``storage_root``).
 
@@ -389,6 +423,8 @@ def run_training(
         callbacks: Ray Train callbacks for every stage (e.g. Tune's ``TuneReportCallback``).
         await_decisions: in a Tune trial whose scheduler posts its decisions (``decisions.DecisionBoard``),
             the sweep metric: after each validation Tune sees, rank 0 waits for the decision on it.
+        rung_clock: in a Tune trial of an ASHA sweep (``decisions.worker_clock``): rank 0 writes ASHA's clock
+            (``rungs.RUNG_CLOCK``) into every report, and waits for decisions only at its rung ticks.
     """
     import ray
 
@@ -417,7 +453,9 @@ def run_training(
 
     def fit(specs: list[StageSpec], previous: StageOutcome | None) -> Any:
         placement = placements[specs[0].stage]
-        return _fit_segment(specs, previous, placement, directory, config, callbacks, await_decisions)
+        return _fit_segment(
+            specs, previous, placement, directory, config, callbacks, await_decisions, rung_clock
+        )
 
     status = "FAILED"
     try:

@@ -56,7 +56,7 @@ def vlsa_config_for(config: ExperimentConfig, attn_implementation: str | None = 
         model.preset,
         vision=model.vision,
         recon=model.recon,
-        max_grid=tuple(model.max_grid),
+        grid_pinpoints=model.grid_pinpoints,
         recon_resolution=model.recon_resolution,
         extra_vocab=extra_vocab(config),
         attn_implementation=attn_implementation or model.attn_implementation,

@@ -49,7 +49,7 @@ from ..model.parts import set_trainable
 from ..tracking import names
 from ..tracking.cost import GpuHoursMeter
 from ..tracking.tracker import NullTracker, Tracker, tracker_for_rank
-from .batches import Batch, StageData, cognition_hook, to_device
+from .batches import Batch, StageData, to_device, vq_targets
 from .build import build_model, build_tokenizer, write_export
 from .metrics import MetricWindow, skipped_totals
 from .schedules import build_lr_scheduler
@@ -113,25 +113,17 @@ def _seed_worker(seed: int, stage_index: int, rank: int) -> None:
 
 
 def _target_cache(config: ExperimentConfig, spec: StageSpec, model: torch.nn.Module) -> tuple[Any, Any]:
-    """``(VQ targets, latent cache)`` through the frozen-target cache: VQ grids for the cognition turns
-    (computed and stored on a miss), and VAE latents read from it when a fill put them there (keyed by the
-    model's own frozen VAE, so a cache filled with other weights never matches). ``(None, None)`` without a
-    cache: no VQ questions, VAE latents computed in the forward."""
+    """``(VQ targets, latent cache)`` through the frozen-target cache: VQ grids for the cognition turns of the
+    stage's training data and of the validation set (computed and stored on a miss; built whenever either asks
+    VQ questions, whatever ``model.cognition``), and VAE latents read from it when a fill put them there (keyed
+    by the model's own frozen VAE, so a cache filled with other weights never matches). ``(None, None)``
+    without a cache: no VQ questions, VAE latents computed in the forward."""
     if spec.target_cache is None:
         return None, None
-    from ..data.targets import CachedTargets, FrozenTargets, TargetCache, build_frozen_targets
+    from ..data.targets import CachedTargets, FrozenTargets, TargetCache
 
     cache = TargetCache(spec.target_cache)
-    vq = None
-    if config.model.cognition and config.data.cognition.p_vq > 0:
-        frozen = build_frozen_targets(
-            config.model.preset,
-            kinds=("vq",),
-            max_grid=tuple(config.model.max_grid),
-            vq_source=config.model.weights.vq,
-            seed=config.seed,
-        )
-        vq = CachedTargets(cache, frozen)
+    vq = vq_targets(config, spec.stage, cache)
     latent = None
     recon = getattr(model, "reconstruction", None)
     if recon is not None:
@@ -219,8 +211,7 @@ def _set_up(spec: StageSpec, ctx: WorkerContext) -> _StageRun:
         by_modality=strategy.needs_same_batch_structure,
         latent_cache=latent_cache,
     )
-    vq_lookup = vq_targets.vq_lookup(data.sources.image_roots) if vq_targets is not None else None
-    data.cognition = cognition_hook(config, vq_lookup)
+    data.attach_cognition(spec.stage, vq_targets)
     steps = spec.steps or data.steps_for_epochs(stage.epochs or 1.0, placement.global_batch)
 
     scheduler = functools.partial(

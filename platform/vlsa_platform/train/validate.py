@@ -47,7 +47,7 @@ def generation_settings(
         samples=per_rank(validation.generate_samples, world_size),
         extra_tokens=validation.generate_extra_tokens,
         batch_size=validation.generate_batch,
-        vq_format=config.data.cognition.vq_format,
+        vq_format=validation.cognition.vq_format,  # the validation's questions are its own
     )
 
 

@@ -12,6 +12,7 @@ id or a local path only when training (``model/pretrained.py``).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ def build_vlsa_config(
     *,
     vision: str = "sa_perceiver",
     recon: bool = True,
-    max_grid: tuple[int, int] | list[int] = (2, 2),
+    grid_pinpoints: Sequence[Sequence[int]] | None = None,
     recon_resolution: int | None = None,
     extra_vocab: int = 0,
     attn_implementation: str = "auto",
@@ -148,7 +149,8 @@ def build_vlsa_config(
         preset: ``paper`` or ``tiny``.
         vision: ``sa_perceiver`` | ``anyres`` | ``lowres``.
         recon: build the reconstruction branch (needs ``sa_perceiver``).
-        max_grid: ``(rows, cols)`` cap on hi-res tiles.
+        grid_pinpoints: the ``(rows, cols)`` tile grids an image may be cut into (``None`` = the default
+            list, ``tiling.DEFAULT_GRID_PINPOINTS``).
         recon_resolution: side of the VAE input for L_rec (preset default if ``None``).
         extra_vocab: tokens added to the LLM's vocabulary (e.g. the VQ codes as special tokens).
         attn_implementation: ``auto`` (flash-attention-2 where installed on a GPU, else SDPA), ``sdpa``,
@@ -180,7 +182,7 @@ def build_vlsa_config(
         text_config=parts["llm"],
         vision_mode=vision,
         recon=recon,
-        max_grid=list(max_grid),
+        grid_pinpoints=None if grid_pinpoints is None else [list(grid) for grid in grid_pinpoints],
         image_token_id=parts["image_token_id"],
         epigone_rank=parts["epigone_rank"],
         recon_resolution=recon_resolution or parts["recon_resolution"],

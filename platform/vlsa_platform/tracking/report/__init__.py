@@ -5,10 +5,12 @@ MLflow's ``mlflow.parentRunId`` tag (DESIGN.md §4). :func:`collect` reads them 
 child its name, status, ``vlsa.variant``/``vlsa.trial_id`` tag, the params that differ between children (the
 flattened keys as logged, e.g. ``loss.rec_weight``), the value at the last step of every §4 metric and the
 history of the loss curves; and which child is best by a metric (``val/loss_llm``/``min`` unless told, or the
-parent run's ``sweep.metric``/``sweep.mode``). :func:`render_markdown`, :func:`render_html`, :func:`plot` and
+parent run's ``sweep.metric``/``sweep.mode``) — or, when the children repeat settings over seeds, each
+setting's mean ± spread and which setting is best; ties are marked as ties, never starred (:mod:`.verdict`). :func:`render_markdown`, :func:`render_html`, :func:`plot` and
 :func:`write_report` turn it into a table and PNG plots.
 
-- :mod:`.comparison`: the :class:`Report`, :class:`ChildRun` and :class:`Series` dataclasses;
+- :mod:`.comparison`: the :class:`Report`, :class:`ChildRun`, :class:`Series` and :class:`Setting` dataclasses;
+- :mod:`.verdict`: the best-or-tied rule (shared with a submission's terminal summary);
 - :mod:`.queries`: :func:`collect`, the MLflow reads;
 - :mod:`.render`: Markdown and HTML;
 - :mod:`.plots`: the PNG plots (matplotlib, imported on first use).
@@ -21,10 +23,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .comparison import ChildRun, Report, ReportError, Series
+from .comparison import ChildRun, Report, ReportError, Series, Setting
 from .plots import LOSS_CURVES_PNG, objective_plot_name, plot
 from .queries import DEFAULT_METRIC, DEFAULT_MODE, HISTORY_KEYS, collect
-from .render import BEST_MARK, format_value, render_html, render_markdown
+from .render import render_html, render_markdown
+from .verdict import BEST_MARK, TIE_MARK, Score, Verdict, format_value, judge, verdict_line
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -50,15 +53,21 @@ __all__ = [
     "LOSS_CURVES_PNG",
     "REPORT_HTML",
     "REPORT_MD",
+    "TIE_MARK",
     "ChildRun",
     "Report",
     "ReportError",
+    "Score",
     "Series",
+    "Setting",
+    "Verdict",
     "collect",
     "format_value",
+    "judge",
     "objective_plot_name",
     "plot",
     "render_html",
     "render_markdown",
+    "verdict_line",
     "write_report",
 ]

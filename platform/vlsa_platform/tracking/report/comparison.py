@@ -1,8 +1,10 @@
 """What a report holds: an experiment's child runs as read from MLflow, and which one is best.
 
 :class:`Report` (the children of one parent run, compared), :class:`ChildRun` (one variant or trial: status,
-label, params, final metric values, loss histories) and :class:`Series` (one metric's history). Plain frozen
-dataclasses: :mod:`.queries` fills them, :mod:`.render` and :mod:`.plots` draw them.
+label, params, final metric values, loss histories), :class:`Series` (one metric's history) and
+:class:`Setting` (the children that share every varied param but the seed: one setting's seed repeats). Plain
+frozen dataclasses: :mod:`.queries` fills them, :mod:`.render` and :mod:`.plots` draw them; which child or
+setting is best, or which tie, is :mod:`.verdict`'s rule.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
+from ...config.sweep_section import SEED_KEY
 from .. import names
-
-Mode = Literal["min", "max"]
-MODES: tuple[Mode, ...] = ("min", "max")
+from .verdict import MODES, Mode, Score, Verdict, judge, score
 
 
 def parse_number(text: str) -> float | None:
@@ -78,6 +78,23 @@ class ChildRun:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """The children that share the value of every varied param other than the seed."""
+
+    params: tuple[tuple[str, str | None], ...]
+    """(param, value) for each of :meth:`Report.setting_params`; ``None`` where a child lacks the param."""
+    children: tuple[ChildRun, ...]
+    score: Score | None
+    """The metric's final values of the children that have one; ``None`` when none has."""
+
+    def describe(self) -> str:
+        """``loss.rec_weight=0.3 model.vision=anyres``; ``(every run)`` when nothing but the seed varies."""
+        return " ".join(f"{key}={value if value is not None else '-'}" for key, value in self.params) or (
+            "(every run)"
+        )
+
+
+@dataclass(frozen=True)
 class Report:
     """The children of one parent run, compared."""
 
@@ -96,12 +113,58 @@ class Report:
     varied_params: tuple[str, ...]
     """Params whose values differ across the children (absent in some counts as different), sorted."""
     best_run_id: str | None
-    """The best child by :attr:`metric`/:attr:`mode`; ``None`` when no child has a finite value."""
+    """The starred child: the best by :attr:`metric`/:attr:`mode` when no other child ties with it and the
+    report does not group seed repeats (:attr:`repeated`; the star then goes to a setting); else ``None``."""
 
     @property
     def best(self) -> ChildRun | None:
-        """The best child (see :attr:`best_run_id`)."""
+        """The starred child (see :attr:`best_run_id`)."""
         return next((c for c in self.children if c.run_id == self.best_run_id), None)
+
+    def setting_params(self) -> tuple[str, ...]:
+        """The varied params that make a setting: all but the seed."""
+        return tuple(key for key in self.varied_params if key != SEED_KEY)
+
+    def settings(self) -> tuple[Setting, ...]:
+        """The children grouped by setting, in the order of each setting's first child."""
+        keys = self.setting_params()
+        groups: dict[tuple[str | None, ...], list[ChildRun]] = {}
+        for child in self.children:
+            groups.setdefault(tuple(child.params.get(k) for k in keys), []).append(child)
+        return tuple(
+            Setting(
+                tuple(zip(keys, values, strict=True)),
+                tuple(group),
+                score([c.value(self.metric) for c in group]),
+            )
+            for values, group in groups.items()
+        )
+
+    @property
+    def repeated(self) -> bool:
+        """Whether some setting has values of the metric from two or more seeds (``sweep.seeds``): the report
+        then compares settings by mean and spread. Runs of one setting with one seed (a grid's ``num_samples``,
+        a random search drawing a setting twice) are not seed repeats: they are compared run by run."""
+        return any(
+            len({c.params.get(SEED_KEY) for c in s.children if c.value(self.metric) is not None}) >= 2
+            for s in self.settings()
+        )
+
+    def verdict(self) -> Verdict:
+        """Best and ties (:func:`~.verdict.judge`) over :meth:`settings` when :attr:`repeated`, else over the
+        children."""
+        return judge(self.scores(), self.mode)
+
+    def scores(self) -> list[Score | None]:
+        """What :meth:`verdict` compares: each setting's score when :attr:`repeated`, else each child's."""
+        if self.repeated:
+            return [s.score for s in self.settings()]
+        return [score([c.value(self.metric)]) for c in self.children]
+
+    def starred_run_id(self) -> str | None:
+        """What :attr:`best_run_id` holds, derived from the children."""
+        starred = self.verdict().starred
+        return None if starred is None or self.repeated else self.children[starred].run_id
 
     @property
     def label_header(self) -> str | None:
@@ -136,4 +199,4 @@ class Report:
         return (self.metric, *logged)
 
 
-__all__ = ["MODES", "ChildRun", "Mode", "Report", "ReportError", "Series", "parse_number"]
+__all__ = ["MODES", "ChildRun", "Mode", "Report", "ReportError", "Series", "Setting", "parse_number"]

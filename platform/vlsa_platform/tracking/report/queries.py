@@ -1,13 +1,14 @@
 """The report's MLflow queries: the child runs of one parent run, read into a :class:`~.comparison.Report`.
 
 :func:`collect` finds the experiment and the parent run (the most recent one with children unless named),
-reads each child's tags, params, final metric values and the history of the :data:`HISTORY_KEYS`, and picks
-the best child by a metric (the caller's, else the parent run's ``sweep.metric``/``sweep.mode``, else
+reads each child's tags, params, final metric values and the history of the :data:`HISTORY_KEYS`, and stars
+the best child (unless another ties with it, :mod:`.verdict`) by a metric (the caller's, else the parent run's ``sweep.metric``/``sweep.mode``, else
 ``val/loss_llm``/``min``). Only reads MLflow, through :func:`~vlsa_platform.tracking.client.mlflow_client`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,13 +106,7 @@ def _collect(
     all_keys = sorted({key for child in children for key in child.params})
     varied = tuple(key for key in all_keys if len({c.params.get(key) for c in children}) > 1)
 
-    scored = [(v, c.run_id) for c in children if (v := c.value(chosen_metric)) is not None]
-    best_id = None
-    if scored:
-        pick = min if chosen_mode == "min" else max
-        best_id = pick(scored, key=lambda pair: pair[0])[1]  # ties: the earliest child
-
-    return Report(
+    report = Report(
         experiment=experiment,
         experiment_id=experiment_id,
         tracking_uri=uri,
@@ -122,8 +117,9 @@ def _collect(
         metric_source=source,
         children=children,
         varied_params=varied,
-        best_run_id=best_id,
+        best_run_id=None,
     )
+    return dataclasses.replace(report, best_run_id=report.starred_run_id())
 
 
 def _objective(

@@ -1,28 +1,20 @@
 """The report as text: a Markdown table (:func:`render_markdown`) and a self-contained HTML page
-(:func:`render_html`), one row per child run, the best one marked ★."""
+(:func:`render_html`), one row per child run, the best one marked ★ (or every tied one marked ``tied``). When
+the children repeat settings over seeds (:attr:`~.comparison.Report.repeated`), a table of the settings comes
+first: each setting's mean ± sample standard deviation, its number of seeds and its mark."""
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from .comparison import Report
+from .verdict import BEST_MARK, SPREAD_NAME, TIE_MARK, format_spread, format_value, verdict_line
 
-BEST_MARK = "★"
 _MAX_CELL = 60  # characters of a param value shown in a table cell
-
-
-def format_value(value: float | None) -> str:
-    """A metric value to 4 significant digits; ``-`` when missing."""
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    return f"{value:.4g}"
 
 
 def _short(text: str | None) -> str:
@@ -31,8 +23,10 @@ def _short(text: str | None) -> str:
     return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
-def _rows(report: Report) -> tuple[list[str], list[tuple[bool, list[str]]]]:
-    """Header and (is best, cells) per child; plain text, not escaped."""
+def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Header and (mark, cells) per child; plain text, not escaped. With seed repeats the marks go to the
+    settings (:func:`_setting_rows`) and the children's are blank."""
+    verdict = None if report.repeated else report.verdict()
     header = [BEST_MARK, "run"]
     label = report.label_header
     if label:
@@ -42,20 +36,53 @@ def _rows(report: Report) -> tuple[list[str], list[tuple[bool, list[str]]]]:
     metrics = report.metric_columns()
     header.extend(metrics)
     rows = []
-    for child in report.children:
-        best = child.run_id == report.best_run_id
-        cells = [BEST_MARK if best else "", child.name]
+    for index, child in enumerate(report.children):
+        mark = verdict.mark(index) if verdict is not None else ""
+        cells = [mark, child.name]
         if label:
             cells.append(child.label or "-")
         cells.append(child.status)
         cells.extend(_short(child.params.get(key)) for key in report.varied_params)
         cells.extend(format_value(child.final.get(key)) for key in metrics)
-        rows.append((best, cells))
+        rows.append((mark, cells))
     return header, rows
 
 
+def _setting_rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Header and (mark, cells) per setting, for a report with seed repeats; plain text, not escaped."""
+    verdict = report.verdict()
+    params = report.setting_params()
+    header = [BEST_MARK, *params, "seeds", f"{report.metric} (mean ± sd)", "runs"]
+    rows = []
+    for index, setting in enumerate(report.settings()):
+        mark = verdict.mark(index)
+        cells = [mark, *(_short(value) for _, value in setting.params)]
+        if setting.score is None:
+            cells.extend(["0", "-"])
+        else:
+            spread = setting.score.spread
+            shown = format_value(setting.score.mean)
+            cells.extend(
+                [str(setting.score.n), shown if spread is None else f"{shown} ± {format_spread(spread)}"]
+            )
+        cells.append(", ".join(c.name for c in setting.children))
+        rows.append((mark, cells))
+    return header, rows
+
+
+def _tie_rule(report: Report) -> str:
+    """How a seeded report's marks were made, in one sentence."""
+    band = report.verdict().band
+    spread = "-" if band is None else format_spread(band)
+    return (
+        f"{len(report.settings())} settings; each shows the mean ± {SPREAD_NAME} of {report.metric} over its "
+        f"seeds. {TIE_MARK}: the mean is within the seed spread (pooled {SPREAD_NAME}, {spread}) of the best "
+        f"mean; {BEST_MARK} only when no other setting ties with the best."
+    )
+
+
 def _summary(report: Report) -> tuple[str, str]:
-    """(parent line, best line) in plain text."""
+    """(parent line, verdict line) in plain text."""
     count = len(report.children)
     plural = "s" if count != 1 else ""
     parent = (
@@ -63,12 +90,11 @@ def _summary(report: Report) -> tuple[str, str]:
         f"tracking URI {report.tracking_uri}"
     )
     objective = f"{report.metric} ({report.mode}, {report.metric_source})"
-    best = report.best
-    if best is None:
-        line = f"Best by {objective}: none (no child has a value)."
+    if report.repeated:
+        labels, noun = [s.describe() for s in report.settings()], "setting"
     else:
-        line = f"Best by {objective}: {best.name} = {format_value(best.value(report.metric))}."
-    return parent, line
+        labels, noun = [c.name for c in report.children], "child"
+    return parent, verdict_line(objective, labels, report.scores(), report.verdict(), noun)
 
 
 def _md(text: str) -> str:
@@ -76,24 +102,33 @@ def _md(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
+def _md_table(
+    header: list[str], rows: list[tuple[str, list[str]]], first_number: int, last: int | None = None
+) -> list[str]:
+    """A Markdown table: the mark column centred, columns ``first_number`` to ``last`` (exclusive; default
+    the end) right-aligned."""
+    end = len(header) if last is None else last
+    align = [":-:" if i == 0 else ("---:" if first_number <= i < end else "---") for i in range(len(header))]
+    lines = ["| " + " | ".join(_md(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    lines.extend("| " + " | ".join(_md(cell) for cell in cells) + " |" for _, cells in rows)
+    return lines
+
+
 def render_markdown(report: Report, images: Sequence[str | os.PathLike[str]] = ()) -> str:
-    """The comparison as Markdown: a heading, the parent and best child, one table row per child (best row
-    marked ★), then ``images`` as image links (paths as given, e.g. relative to the report file)."""
+    """The comparison as Markdown: a heading, the parent and the verdict (best or tie), with seed repeats
+    the table of settings, one table row per child (best row marked ★, tied rows ``tied``), then ``images``
+    as image links (paths as given, e.g. relative to the report file)."""
     header, rows = _rows(report)
     parent, best = _summary(report)
     first_metric = len(header) - len(report.metric_columns())
-    align = [":-:" if i == 0 else ("---:" if i >= first_metric else "---") for i in range(len(header))]
-    lines = [
-        f"# Report: {_md(report.experiment)}",
-        "",
-        _md(parent),
-        "",
-        _md(best),
-        "",
-        "| " + " | ".join(_md(h) for h in header) + " |",
-        "| " + " | ".join(align) + " |",
-    ]
-    lines.extend("| " + " | ".join(_md(cell) for cell in cells) + " |" for _, cells in rows)
+    lines = [f"# Report: {_md(report.experiment)}", "", _md(parent), "", _md(best), ""]
+    if report.repeated:
+        setting_header, setting_rows = _setting_rows(report)
+        lines.extend([_md(_tie_rule(report)), ""])
+        width = len(setting_header)
+        lines.extend(_md_table(setting_header, setting_rows, width - 3, width - 1))
+        lines.extend(["", "## Runs", ""])
+    lines.extend(_md_table(header, rows, first_metric))
     for image in images:
         path = Path(image)
         lines.extend(["", f"![{path.stem}]({path.as_posix()})"])
@@ -107,9 +142,32 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
 th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #fff4c2; font-weight: 600; }
+tr.tied td { background: #e8f0fe; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; }
 """
+_ROW_CLASS = {BEST_MARK: ' class="best"', TIE_MARK: ' class="tied"'}
+
+
+def _html_table(
+    header: list[str], rows: list[tuple[str, list[str]]], first_number: int, titles: Sequence[str], last: int
+) -> list[str]:
+    """An HTML table (escaped): columns ``first_number`` to ``last`` (exclusive) right-aligned, each row's
+    ``title`` from ``titles``, its class from its mark."""
+    esc = html.escape
+    out = [
+        "<table>",
+        "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>",
+        "<tbody>",
+    ]
+    for title, (mark, cells) in zip(titles, rows, strict=True):
+        tds = "".join(
+            f'<td class="num">{esc(cell)}</td>' if first_number <= i < last else f"<td>{esc(cell)}</td>"
+            for i, cell in enumerate(cells)
+        )
+        out.append(f'<tr{_ROW_CLASS.get(mark, "")} title="{esc(title)}">{tds}</tr>')
+    out.extend(["</tbody>", "</table>"])
+    return out
 
 
 def render_html(report: Report, images: Sequence[str | os.PathLike[str]] = ()) -> str:
@@ -131,18 +189,15 @@ def render_html(report: Report, images: Sequence[str | os.PathLike[str]] = ()) -
         f"<h1>Report: {esc(report.experiment)}</h1>",
         f"<p>{esc(parent)}</p>",
         f"<p>{esc(best)}</p>",
-        "<table>",
-        "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>",
-        "<tbody>",
     ]
-    for child, (is_best, cells) in zip(report.children, rows, strict=True):
-        tds = "".join(
-            f'<td class="num">{esc(cell)}</td>' if i >= first_metric else f"<td>{esc(cell)}</td>"
-            for i, cell in enumerate(cells)
-        )
-        css = ' class="best"' if is_best else ""
-        out.append(f'<tr{css} title="{esc(child.run_id)}">{tds}</tr>')
-    out.extend(["</tbody>", "</table>"])
+    if report.repeated:
+        setting_header, setting_rows = _setting_rows(report)
+        titles = [s.describe() for s in report.settings()]
+        out.append(f"<p>{esc(_tie_rule(report))}</p>")
+        width = len(setting_header)
+        out.extend(_html_table(setting_header, setting_rows, width - 3, titles, width - 1))
+        out.append("<h2>Runs</h2>")
+    out.extend(_html_table(header, rows, first_metric, [c.run_id for c in report.children], len(header)))
     for image in images:
         path = Path(image)
         data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -154,4 +209,4 @@ def render_html(report: Report, images: Sequence[str | os.PathLike[str]] = ()) -
     return "\n".join(out) + "\n"
 
 
-__all__ = ["BEST_MARK", "format_value", "render_html", "render_markdown"]
+__all__ = ["BEST_MARK", "TIE_MARK", "format_value", "render_html", "render_markdown"]
