@@ -129,7 +129,7 @@ def test_sweep_plan(capsys):
 def test_several_files_give_one_json_line_each(capsys):
     plans = run_json(capsys, PAPER, str(EXPERIMENTS / "stage_mixing_sweep.yaml"), "--scale", "tiny")
     assert [p["experiment"] for p in plans] == ["vlsa-paper", "vlsa-stage-mixing"]
-    assert plans[1]["num_trials"] == 24
+    assert plans[1]["num_trials"] == 16
 
 
 def test_set_changes_the_plan(capsys):
@@ -232,7 +232,7 @@ def test_ablation_text_plan_lists_seven_runs_with_their_stages(capsys, scale):
     assert "stage1  llava_pretrain+llavar  projector" in out
 
 
-@pytest.mark.parametrize("name", ["loss_ratio_sweep.yaml", "stage_mixing_sweep.yaml"])
+@pytest.mark.parametrize("name", ["loss_ratio_sweep.yaml", "stage_mixing_sweep.yaml", "cognition_sweep.yaml"])
 def test_shipped_sweeps_list_rungs_only_where_every_swept_setting_acts(capsys, name):
     from vlsa_platform.config.loader import load_experiment
 
@@ -268,6 +268,19 @@ def test_loss_ratio_rungs_at_paper_scale(capsys):
         ("stage3", 3200),
     ]
     assert plan["asha"]["from_stage"] == "stage3" and plan["asha"]["at"] == "validations"
+
+
+@pytest.mark.parametrize(
+    ("name", "steps"),
+    [
+        # grace 6, reduction 3: a fifth of the way into stage3 (where its w_rec schedule has moved), then 18
+        ("stage_mixing_sweep.yaml", [1200, 3600]),
+        ("cognition_sweep.yaml", [400, 1200, 3600]),  # grace 2, reduction 3
+    ],
+)
+def test_stage_mixing_and_cognition_rungs_at_paper_scale(capsys, name, steps):
+    (plan,) = run_json(capsys, str(EXPERIMENTS / name))
+    assert [(r["stage"], r["step"]) for r in plan["rungs"]] == [("stage3", step) for step in steps]
 
 
 SWEPT_IN_STAGE3 = """extends: {paper}

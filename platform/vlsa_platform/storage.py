@@ -38,6 +38,7 @@ __all__ = [
     "NotFoundError",
     "StorageError",
     "arrow_filesystem",
+    "create_exclusive",
     "default_cache_dir",
     "delete",
     "exists",
@@ -48,6 +49,8 @@ __all__ = [
     "parse_s3",
     "read_bytes",
     "read_text",
+    "read_versioned",
+    "replace_if",
     "s3_client",
     "upload_dir",
     "upload_file",
@@ -459,6 +462,80 @@ def write_text(uri: str | os.PathLike[str], text: str, *, client: S3Client | Non
     client = client or s3_client()
     with _s3_errors(str(uri), client):
         client.put_object(Bucket=bucket, Key=key, Body=text.encode())
+
+
+# Conditional writes: what several processes racing on one location (claims of shared stage prefixes) need.
+# Local: a complete temporary file hard-linked into place (fails when the name exists), replacements under a
+# flock of a sidecar file; S3: PUT with If-None-Match / If-Match (AWS S3, SeaweedFS, MinIO). A version is the
+# content's SHA-256 locally and the ETag on S3.
+_LOST_RACE_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+def _lost_race(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in _LOST_RACE_CODES
+
+
+def _conditional_put(uri: str, text: str, client: S3Client | None, **condition: str) -> str | None:
+    bucket, key = parse_s3(uri)
+    client = client or s3_client()
+    try:
+        with _s3_errors(uri, client):
+            return str(client.put_object(Bucket=bucket, Key=key, Body=text.encode(), **condition)["ETag"])
+    except StorageError as exc:
+        if exc.__cause__ is not None and _lost_race(exc.__cause__):
+            return None
+        raise
+
+
+def create_exclusive(uri: str | os.PathLike[str], text: str, *, client: S3Client | None = None) -> str | None:
+    """Write a small text file only where none exists: its version when this call created it, ``None`` when
+    a file was there. Of racing callers exactly one creates it; the file is never seen half-written."""
+    if is_s3(uri):
+        return _conditional_put(uri, text, client, IfNoneMatch="*")
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return None
+    finally:
+        tmp.unlink()
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_versioned(uri: str | os.PathLike[str], *, client: S3Client | None = None) -> tuple[str, str]:
+    """A small text file and its version, for :func:`replace_if`."""
+    if not is_s3(uri):
+        text = Path(uri).read_text()
+        return text, hashlib.sha256(text.encode()).hexdigest()
+    bucket, key = parse_s3(uri)
+    client = client or s3_client()
+    with _s3_errors(uri, client):
+        response = client.get_object(Bucket=bucket, Key=key)
+        return response["Body"].read().decode(), str(response["ETag"])
+
+
+def replace_if(
+    uri: str | os.PathLike[str], text: str, version: str, *, client: S3Client | None = None
+) -> str | None:
+    """Overwrite a small text file only if it is still at ``version`` (:func:`read_versioned`): the new version,
+    or ``None`` when another writer changed it first (or it is gone)."""
+    if is_s3(uri):
+        return _conditional_put(uri, text, client, IfMatch=version)
+    path = Path(uri)
+    with _file_lock(path.with_name(f".{path.name}.lock")):
+        try:
+            current = hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return None
+        if current != version:
+            return None
+        write_text(path, text)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def delete(uri: str | os.PathLike[str], *, client: S3Client | None = None) -> None:

@@ -46,3 +46,13 @@ def test_cognition_counts_where_the_file_puts_it():
 
 def test_a_switch_of_the_model_sets_every_stage_apart():
     assert stages_apart({"model.recon": True}, {"model.recon": False}) == ["stage1", "stage2", "stage3"]
+
+
+def test_what_training_ignores_sets_no_stage_apart():
+    off = {"stages.stage3.loss.rec_weight": 0.0}
+    linear = {"stages.stage3.loss.schedule.kind": "linear", "stages.stage3.loss.schedule.end_factor": 0.0}
+    assert stages_apart(off, {**off, **linear}) == []  # the schedule of a zero weight moves nothing
+    constant = {"stages.stage3.loss.schedule.kind": "constant"}
+    end = {**constant, "stages.stage3.loss.schedule.end_factor": 0.3}
+    assert stages_apart(constant, end) == []  # constant ignores end_factor
+    assert stages_apart({}, linear) == ["stage3"]  # on a weight that counts, the schedule is an input

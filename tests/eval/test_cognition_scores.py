@@ -57,3 +57,11 @@ def test_a_reference_that_is_not_a_grid_is_an_error():
         px_counts("(1, 2, 3)", "no numbers")
     with pytest.raises(ValueError):
         vq_counts("1 2", "no numbers")
+
+
+@pytest.mark.parametrize("vq_format", ["text", "special"])
+def test_a_generated_index_beyond_int64_counts_as_wrong(vq_format):
+    huge = "9" * 30  # a generated answer may hold any digits
+    predicted = f"{huge} 1 2 3" if vq_format == "text" else f"<vq_{huge}><vq_1><vq_2><vq_3>"
+    assert vq_counts(predicted, format_vq_answer(WINDOW[:1], vq_format), vq_format) == (0, 4)
+    assert px_counts(f"({huge}, 1, 2)", format_px_answer(CELLS[:1, :1])) == (0, 3)

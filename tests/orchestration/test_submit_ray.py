@@ -194,24 +194,24 @@ def test_loss_ratio_sweep_stops_worse_trials_and_resumes(local_cluster, workdir,
     assert "stopped early" in table and "finished" in table
     out_dir = workdir / "report"
     assert cli.main(["report", "vlsa-loss-ratio", "--workdir", str(workdir), "--out", str(out_dir)]) == 0
-    assert (out_dir / "report.html").is_file() and (out_dir / "loss_curves.png").is_file()
+    assert (out_dir / "report.html").is_file() and (out_dir / "curves_val_loss_llm.png").is_file()
     assert any(out_dir.glob("objective_vs_*.png"))
 
 
-def test_stage_mixing_sweep_with_optuna(local_cluster, workdir):
+def test_cognition_sweep_with_optuna(local_cluster, workdir):
     status = submit(
         workdir,
-        "stage_mixing_sweep.yaml",
+        "cognition_sweep.yaml",
         "sweep.algorithm=optuna",
         "sweep.num_samples=2",
         "sweep.scheduler.kind=fifo",
     )
     assert status == 0
-    parents, children = runs_of(workdir, "vlsa-stage-mixing")
+    parents, children = runs_of(workdir, "vlsa-cognition")
     (parent,) = parents
     kids = children[parent.info.run_id]
     assert len(kids) == 2
-    swept = ("data.cognition.p_vq", "stages.stage2.mixture", "loss.schedule.kind")
+    swept = ("data.cognition.p_vq", "data.cognition.p_px", "stages.stage2.mixture")
     for kid in kids:
         check_child(kid)
         for key in swept:

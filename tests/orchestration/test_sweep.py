@@ -3,6 +3,7 @@ many trials the cluster holds at once. No Ray cluster is started."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,17 +32,42 @@ def test_loss_ratio_space_is_the_files_grid():
     assert sweep.num_samples(config) == 1
 
 
-def test_stage_mixing_space_draws_each_key_as_written():
-    from ray.tune.search.sample import Categorical, Float
+def test_stage_mixing_space_is_a_grid_whose_first_trials_are_its_distinct_prefixes():
+    from ray import tune
+    from ray.tune.search.variant_generator import generate_variants
 
     config = load("stage_mixing_sweep.yaml")
     space = sweep.param_space(config)
+    assert space == {key: tune.grid_search([1.0, 0.0]) for key in config.sweep.search_space}
+    assert sweep.num_samples(config) == 1
+    # Tune's order (the first key varies fastest): the first four trials (max_concurrent_trials) start from the
+    # four distinct stage1+2 prefixes, and every later trial reuses one of them; the first is the paper's recipe.
+    stages = list(config.stages)
+    trials = [
+        sweep.trial_run(config, spec, f"x_{i:05d}").run.config
+        for i, (_, spec) in enumerate(generate_variants(space))
+    ]
+    assert len(trials) == config.sweep.num_trials == 16
+    prefixes = [json.dumps([t.stage_inputs(s) for s in stages[:2]], sort_keys=True) for t in trials]
+    assert len(set(prefixes[:4])) == 4 and set(prefixes) == set(prefixes[:4])
+    paper = load("vlsa_paper.yaml")
+    for stage in stages:
+        for progress in (0.0, 0.5, 1.0):
+            assert trials[0].stage_loss(stage).weights(progress) == paper.stage_loss(stage).weights(progress)
+
+
+def test_cognition_space_draws_each_key_as_written():
+    from ray.tune.search.sample import Categorical, Float
+
+    config = load("cognition_sweep.yaml")
+    space = sweep.param_space(config)
     assert set(space) == set(config.sweep.search_space)
-    assert isinstance(space["loss.schedule.kind"], Categorical)
-    assert space["loss.schedule.kind"].categories == ["constant", "linear", "cosine"]
-    assert isinstance(space["data.cognition.p_vq"], Float)
-    assert (space["data.cognition.p_vq"].lower, space["data.cognition.p_vq"].upper) == (0.1, 0.9)
-    assert sweep.num_samples(config) == 24
+    assert isinstance(space["stages.stage2.mixture"], Categorical)
+    assert space["stages.stage2.mixture"].categories == ["llavar_only", "llavar_with_captions"]
+    for key in ("data.cognition.p_vq", "data.cognition.p_px"):
+        assert isinstance(space[key], Float)
+        assert (space[key].lower, space[key].upper) == (0.1, 0.9)
+    assert sweep.num_samples(config) == 12
 
 
 def test_ablation_is_a_grid_over_its_variants_and_a_single_run_has_no_space():
@@ -56,7 +82,7 @@ def test_searchers_follow_the_algorithm_and_bound_concurrency():
     grid = sweep.search_algorithm(load("loss_ratio_sweep.yaml"), 2)
     assert isinstance(grid, BasicVariantGenerator)
     assert grid.max_concurrent == 2
-    optuna = sweep.search_algorithm(load("stage_mixing_sweep.yaml", "sweep.algorithm=optuna"), 3)
+    optuna = sweep.search_algorithm(load("cognition_sweep.yaml", "sweep.algorithm=optuna"), 3)
     assert isinstance(optuna, ConcurrencyLimiter)
     assert optuna.max_concurrent == 3
     assert type(optuna.searcher).__name__ == "OptunaSearch"

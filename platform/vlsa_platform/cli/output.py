@@ -79,6 +79,18 @@ def _rung_lines(plan: dict[str, Any]) -> list[str]:
     ]
 
 
+def _prefix_lines(plan: dict[str, Any]) -> list[str]:
+    """How many of the runs train each stage, when runs share stage prefixes."""
+    prefixes = plan.get("prefixes")
+    if not prefixes or all(e["trained"] == e["runs"] for e in prefixes.values()):
+        return []
+    trained, total = sum(e["trained"] for e in prefixes.values()), sum(e["runs"] for e in prefixes.values())
+    each = ", ".join(f"{stage} {e['trained']} of {e['runs']}" for stage, e in prefixes.items())
+    return [
+        f"  shared stage prefixes: {trained} of {total} stage runs trained ({each}); the others reuse them"
+    ]
+
+
 def render_plan(plan: dict[str, Any], source: str) -> str:
     """The plan as a compact, human-readable table."""
     lines = [
@@ -93,6 +105,7 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
     if len(plan.get("seeds") or ()) > 1:
         lines.append(f"  seeds per setting: {', '.join(str(s) for s in plan['seeds'])}")
     lines.extend(_rung_lines(plan))
+    lines.extend(_prefix_lines(plan))
     for run in plan["runs"]:
         switches = run["model"]
         flags = [switches["vision"], *(name for name in ("recon", "cognition", "lora") if switches[name])]

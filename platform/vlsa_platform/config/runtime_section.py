@@ -56,6 +56,12 @@ class StorageConfig(Section):
     max_failures: Annotated[int, Field(ge=-1)] = 3
     """Worker failures a stage survives by restarting its workers from the latest checkpoint (Ray Train's
     ``FailureConfig``); ``-1`` = no limit, ``0`` = the first failure ends the run."""
+    share_prefixes: bool = True
+    """Runs of the experiment whose first stages have the same inputs (model, seed, data, each stage's settings,
+    steps, placement, code) train those stages once: the first run to reach one trains and publishes it under
+    ``<path>/<experiment>/prefixes/``, the others wait for it and start from its export (a sweep whose keys act
+    from a later stage saves the earlier ones). Never a run's last stage, nor one where an ASHA sweep's rungs
+    count. ``false`` = every run trains every stage."""
 
 
 __all__ = [

@@ -284,19 +284,14 @@ class ExperimentConfig(Section):
 
     def stage_inputs(self, stage: str) -> dict[str, Any]:
         """What stage ``stage`` trains on besides the weights its earlier stages leave, as JSON-able data: its
-        place, its own section (its loss as training applies it, :meth:`stage_loss`), ``model``, ``seed``
+        place, its own section (its loss as training applies it, ``EffectiveLoss.as_applied``), ``model``, ``seed``
         and the ``data`` it reads — the datasets its mixture and the validation name, ``data.cognition``
         only where :meth:`cognition_applies` (its ``vq_format`` always: special tokens grow the model), not
         ``data.mixtures`` (a stage's ``mixture`` holds its copy). Runs whose first k stages have equal inputs
         train those k stages alike; the first stage whose inputs two values of a sweep key set apart is where
         that key acts (``sweep.scheduler.rungs``). The one definition of a stage's inputs."""
         section = self.stages[stage].model_dump(mode="json")
-        loss = self.stage_loss(stage)
-        section["loss"] = {
-            "llm_weight": loss.llm_weight,
-            "rec_weight": loss.rec_weight,
-            "schedule": loss.schedule.model_dump(mode="json"),
-        }
+        section["loss"] = self.stage_loss(stage).as_applied()
         data = self.data.model_dump(mode="json", exclude={"mixtures", "cognition", "datasets"})
         read = {entry.dataset for entry in self.stages[stage].mixture}
         if self.data.validation is not None:

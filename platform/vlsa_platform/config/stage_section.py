@@ -99,6 +99,17 @@ class EffectiveLoss:
     schedule: ScheduleConfig
     """The in-stage schedule of one of the two weights."""
 
+    def as_applied(self) -> dict[str, Any]:
+        """This loss as JSON-able data in which two losses that train alike are equal: the schedule of a zero
+        weight is left out (``null``: it moves nothing), and so is ``end_factor`` under ``constant``."""
+        scheduled = self.rec_weight if self.schedule.target == "rec_weight" else self.llm_weight
+        schedule: dict[str, Any] | None = None
+        if scheduled != 0:
+            schedule = self.schedule.model_dump(mode="json")
+            if self.schedule.kind == "constant":
+                del schedule["end_factor"]
+        return {"llm_weight": self.llm_weight, "rec_weight": self.rec_weight, "schedule": schedule}
+
     def weights(self, progress: float) -> tuple[float, float]:
         """``(w_llm, w_rec)`` at ``progress`` = step / stage steps in [0, 1] (clipped): the schedule multiplies
         its ``target`` weight."""

@@ -274,7 +274,7 @@ def parse_vq_answer(text: str, vq_format: VQFormat = "text") -> np.ndarray:
         rows = [[int(v) for v in _VQ_TOKEN_RE.findall(line)] for line in lines]
     if not rows or len({len(r) for r in rows}) != 1:
         raise ValueError(f"not a rectangular grid of indices: {text!r}")
-    return np.array(rows, dtype=np.int64)
+    return _int64_grid(rows, text)
 
 
 def format_px_answer(cells: np.ndarray) -> str:
@@ -290,7 +290,15 @@ def parse_px_answer(text: str) -> np.ndarray:
     rows = [r for r in rows if r]
     if not rows or len({len(r) for r in rows}) != 1:
         raise ValueError(f"not a grid of (r, g, b) triples: {text!r}")
-    return np.array(rows, dtype=np.int64)
+    return _int64_grid(rows, text)
+
+
+def _int64_grid(rows: list[Any], text: str) -> np.ndarray:
+    """``rows`` as int64; a value beyond int64 (a generated answer can hold any digits) is no answer."""
+    try:
+        return np.array(rows, dtype=np.int64)
+    except OverflowError:
+        raise ValueError(f"a value beyond int64 in {text[:200]!r}") from None
 
 
 # ------------------------------------------------------------------------------------------------- insertion

@@ -18,7 +18,10 @@ Extra keys: ``seeds`` (the seeds each setting runs with: ``sweep.seeds`` of them
 (an ASHA sweep's rungs, ``[{"stage", "step" (within the stage), "rung_point"}]``, in the order a trial meets
 them, ``null`` when a stage's length is unknown; ``[]`` without ASHA) and ``asha`` (its clock: ``from_stage``,
 ``at``, ``grace_period``, ``reduction_factor``, ``brackets``, ``max_t``, ``rung_points`` a trial passes, and a
-``note`` in words; ``null`` without ASHA); per run
+``note`` in words; ``null`` without ASHA); ``prefixes`` (shared stage prefixes, :mod:`.prefixes`: per stage
+``{"runs", "trained"}``, the runs that reach it and how many of them train it, the others adopting it from a
+run with the same prefix; ``null`` when ``storage.share_prefixes`` is off or the trials are drawn at run
+time); per run
 ``label``, ``model`` (the switches), ``param_counts`` by part; per stage ``steps``
 (estimated from ``epochs`` when every dataset's ``num_samples`` is known, else null), ``epochs``,
 ``lr`` by trainable part, ``mixture``, ``warnings`` (e.g. settings the memory estimate says do not fit); in
@@ -34,6 +37,7 @@ memory, accumulation from the global batch. ``global_batch`` and ``num_workers``
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -50,6 +54,8 @@ from ..cluster import (
 )
 from ..config.errors import ConfigError
 from ..config.schema import ExperimentConfig, StageConfig, sampled_size
+from ..config.sweep_section import SEED_KEY
+from .prefixes import prefix_digests, shareable_stages
 from .rungs import RungSchedule, rung_schedule
 
 
@@ -272,7 +278,49 @@ def build_plan(config: ExperimentConfig) -> dict[str, Any]:
         "num_trials": num_trials,
         "seeds": seeds,
         **_rungs_in_plan(config),
+        "prefixes": _prefixes_in_plan(config),
     }
+
+
+def _known_runs(config: ExperimentConfig) -> list[PlannedRun] | None:
+    """Every run a submission starts, when known before it starts: an ablation's variants, a grid's trials
+    (each grid point with each seed, ``num_samples`` times), the one run; ``None`` for trials drawn at run time."""
+    sweep = config.sweep
+    if sweep is None:
+        return expand_runs(config)
+    if sweep.algorithm != "grid" or any(d.grid is None for d in sweep.search_space.values()):
+        return None
+    keys = list(sweep.search_space)
+    points = itertools.product(*(sweep.search_space[k].grid or () for k in keys))
+    settings = [dict(zip(keys, point, strict=True)) for point in points] * sweep.num_samples
+    seeds = sweep.seed_values(config.seed) if sweep.seeds > 1 else [None]
+    values = [{**v, SEED_KEY: seed} if seed is not None else v for seed in seeds for v in settings]
+    return [PlannedRun("trial", None, "trial", config.trial(v)) for v in values]
+
+
+def _prefixes_in_plan(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The plan's ``prefixes``: per stage, how many of the submission's runs reach it and how many train it,
+    the others adopting it from a run with the same prefix (``orchestration.prefixes``); ``None`` when
+    ``storage.share_prefixes`` is off or the runs are drawn at run time (random, optuna)."""
+    runs = _known_runs(config) if config.storage.share_prefixes else None
+    if runs is None:
+        return None
+    rungs = planned_rungs(config)
+    rungs_from = rungs.clock.from_stage if rungs is not None else None
+    stages: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        placements = stage_placements(run)
+        steps = {name: stage_steps(run.config, stage) for name, stage in run.config.stages.items()}
+        shared = shareable_stages(list(run.config.stages), rungs_from)
+        for stage, digest in prefix_digests(run.config, steps, placements).items():
+            entry = stages.setdefault(stage, {"runs": 0, "digests": set(), "trained": 0})
+            entry["runs"] += 1
+            if stage not in shared:
+                entry["trained"] += 1
+            elif digest not in entry["digests"]:
+                entry["digests"].add(digest)
+                entry["trained"] += 1
+    return {stage: {"runs": e["runs"], "trained": e["trained"]} for stage, e in stages.items()}
 
 
 def planned_rungs(config: ExperimentConfig) -> RungSchedule | None:

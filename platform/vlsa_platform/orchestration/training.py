@@ -17,6 +17,8 @@ Layout of a run in the run storage (a local folder or ``s3://``, ``storage.path`
             checkpoint_*/        DeepSpeed state of every rank, progress.json (its stage and step); a stage's
                                  last also model/
         <stage>.complete.json    written when the stage finished: its final checkpoint, steps, device-hours
+                                 (or adopted: a shared prefix another run trained, :mod:`.prefixes`)
+    <storage>/<experiment>/prefixes/   claims and publications of shared stage prefixes
 
 Each segment gets the ``ScalingConfig`` of its resolved placement (workers, GPU or not, the accelerator-type
 resource that lands them on their class), a ``FailureConfig`` (a dead worker is replaced and the segment
@@ -32,6 +34,7 @@ This module is the only one in the training path that imports Ray (DESIGN.md §3
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -48,6 +51,7 @@ from ..tracking.store import TrackingStore
 from ..tracking.tracker import Tracker, git_commit
 from ..train.spec import EXPORT_DIR, PROGRESS_FILE, StageSpec
 from .plan import PlannedRun, plan_run, stage_placements
+from .prefixes import SharedPrefixes, publish
 from .rungs import RUNG_CLOCK, RungClock
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,9 @@ class StageOutcome:
     gpu_hours: float
     metrics: dict[str, float] = field(default_factory=dict)
     """The last metrics rank 0 reported."""
+    shared_from: dict[str, Any] | None = None
+    """When this run adopted the stage instead of training it (a shared prefix, :mod:`.prefixes`): the run that
+    trained it (``run``: its ``name``, ``directory``, ``run_id``) and the prefix folder (``prefix``)."""
 
     @property
     def model(self) -> str:
@@ -230,7 +237,8 @@ def _keep_score(progress: Mapping[str, Any]) -> float:
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of a segment: its stages in order, each from the previous one's export; the
-    stages already marked complete (an earlier attempt) are skipped. Rank 0 writes each stage's marker."""
+    stages already marked complete (an earlier attempt, or adopted from a shared prefix) are skipped. Rank 0
+    writes each stage's marker, and publishes the stages whose prefix the run claimed (``publish``)."""
     import gc
 
     import ray.train.collective
@@ -239,6 +247,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     from ..train.loop import run_stage
 
     directory = loop_config["directory"]
+    publish_to: dict[str, str] = loop_config.get("publish") or {}
     clock = loop_config.get("rung_clock")
     ctx = _RayWorkerContext(
         directory, loop_config.get("await_decisions"), RungClock.from_dict(clock) if clock else None
@@ -273,6 +282,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         )
         if ctx.rank == 0:
             storage.write_text(marker, json.dumps(previous.__dict__, sort_keys=True))
+            if spec.stage in publish_to:
+                run = {"name": loop_config["run_name"], "directory": directory, "run_id": spec.run_id}
+                publish(publish_to[spec.stage], previous.__dict__, run)
         # the stage's model and engine, before the next stage builds its own
         gc.collect()
         if torch.cuda.is_available():
@@ -316,13 +328,18 @@ def _scaling_config(placement: ResolvedPlacement, loader_workers: int) -> Any:
 def _fit_segment(
     specs: Sequence[StageSpec],
     previous: StageOutcome | None,
-    placement: ResolvedPlacement,
+    publish: Mapping[str, str],
+    *,
+    placements: Mapping[str, ResolvedPlacement],
     directory: str,
     config: ExperimentConfig,
+    run_name: str,
     callbacks: Sequence[Any] = (),
     await_decisions: str | None = None,
     rung_clock: RungClock | None = None,
 ) -> Any:
+    """Train one segment (``specs``, after ``previous``) on one ``TorchTrainer``; rank 0 publishes the stages
+    in ``publish`` (stage -> prefix folder)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -349,10 +366,12 @@ def _fit_segment(
             "directory": directory,
             "await_decisions": await_decisions,
             "rung_clock": rung_clock.to_dict() if rung_clock is not None else None,
+            "publish": dict(publish),
+            "run_name": run_name,
         },
-        scaling_config=_scaling_config(placement, config.data.loader_workers),
+        scaling_config=_scaling_config(placements[specs[0].stage], config.data.loader_workers),
         run_config=run_config,
-        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if placements[specs[0].stage].use_gpu else "gloo"),
     )
     return trainer.fit()
 
@@ -451,15 +470,26 @@ def run_training(
             target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
         )
 
-    def fit(specs: list[StageSpec], previous: StageOutcome | None) -> Any:
-        placement = placements[specs[0].stage]
-        return _fit_segment(
-            specs, previous, placement, directory, config, callbacks, await_decisions, rung_clock
-        )
-
+    fit = functools.partial(
+        _fit_segment,
+        placements=placements,
+        directory=directory,
+        config=config,
+        run_name=name,
+        callbacks=callbacks,
+        await_decisions=await_decisions,
+        rung_clock=rung_clock,
+    )
+    rungs_from = rung_clock.from_stage if rung_clock is not None else None
+    run_id = tracker.run_id if tracker else None
+    sharing = SharedPrefixes.for_run(
+        config, storage_root, directory, stages, placements, rungs_from, store=store, run_id=run_id
+    )
     status = "FAILED"
     try:
-        outcomes = _run_segments(name, directory, _segments(stages, placements), stages, spec_for, fit)
+        with sharing.claims.kept_alive() if sharing is not None else contextlib.nullcontext():
+            segments = _segments(stages, placements)
+            outcomes = _run_segments(name, directory, segments, stages, spec_for, fit, sharing)
         status = "FINISHED"
     finally:
         if tracker is not None:
@@ -475,21 +505,25 @@ def _run_segments(
     segments: Sequence[list[int]],
     stages: Sequence[dict[str, Any]],
     spec_for: Callable[[int], StageSpec],
-    fit: Callable[[list[StageSpec], StageOutcome | None], Any],
+    fit: Callable[[list[StageSpec], StageOutcome | None, Mapping[str, str]], Any],
+    sharing: SharedPrefixes | None = None,
 ) -> list[StageOutcome]:
-    """Fit each segment of run ``name`` in turn (``fit(specs, previous stage's outcome)``), skipping those whose
-    stages are all marked complete; each stage's outcome, in order."""
+    """Fit each segment of run ``name`` in turn (``fit(specs, previous stage's outcome, stages to publish)``),
+    skipping those whose stages are all marked complete or adopted from a shared prefix (``sharing``); each
+    stage's outcome, in order."""
     outcomes: list[StageOutcome] = []
     previous: StageOutcome | None = None
     for segment in segments:
         names_in = [stages[i]["name"] for i in segment]
-        if all(storage.exists(_complete_marker(directory, stage)) for stage in names_in):
+        to_train = _adopt_front(directory, names_in, previous, sharing)
+        if not to_train:
             for stage in names_in:
                 log.info("stage %s of %s is complete; skipping it", stage, name)
                 previous = _read_marker(directory, stage)
                 outcomes.append(previous)
             continue
-        result = fit([spec_for(i) for i in segment], previous)
+        publish = sharing.claim_for_training(to_train) if sharing is not None else {}
+        result = fit([spec_for(i) for i in segment], previous, publish)
         if result.error is not None:
             raise RuntimeError(
                 f"stage(s) {', '.join(names_in)} of run {name} failed: {result.error}"
@@ -500,6 +534,27 @@ def _run_segments(
             previous = _read_marker(directory, stage)
             outcomes.append(previous)
     return outcomes
+
+
+def _adopt_front(
+    directory: str, stages: Sequence[str], previous: StageOutcome | None, sharing: SharedPrefixes | None
+) -> list[str]:
+    """The stages of a segment left to train: those after the ones at its front that are marked complete or,
+    in turn, adopted from a shared prefix (waiting while another run trains one; each adopted stage's marker is
+    written here, so the segment's workers skip it)."""
+    reached = previous
+    for index, stage in enumerate(stages):
+        marker = _complete_marker(directory, stage)
+        if storage.exists(marker):
+            reached = _read_marker(directory, stage)
+            continue
+        first_step = reached.global_step if reached is not None else 0
+        adopted = sharing.adopt(stage, first_step) if sharing is not None else None
+        if adopted is None:
+            return [s for s in stages[index:] if not storage.exists(_complete_marker(directory, s))]
+        storage.write_text(marker, json.dumps(adopted, sort_keys=True))
+        reached = StageOutcome(**adopted)
+    return []
 
 
 __all__ = [

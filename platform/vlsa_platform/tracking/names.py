@@ -77,6 +77,17 @@ TAG_PARENT_RUN = "mlflow.parentRunId"
 """MLflow's own tag that nests a child run under its parent in the UI."""
 TAG_RUN_NAME = "mlflow.runName"
 
+
+def shared_stage_tags(stage: str, run_id: str | None, run_name: str, prefix: str) -> dict[str, str]:
+    """Tags of a run that adopted stage ``stage`` from the run that trained it (``run_id``, ``run_name``) instead
+    of training it (a shared stage prefix; ``prefix`` = its folder in the run storage)."""
+    base = f"vlsa.shared.{path_part(stage)}"
+    tags = {f"{base}.run_name": run_name, f"{base}.prefix": prefix}
+    if run_id:
+        tags[f"{base}.run_id"] = run_id
+    return tags
+
+
 # ---------------------------------------------------------------------------------------------- artifacts
 
 ARTIFACT_RESOLVED_CONFIG = "config/resolved.yaml"
@@ -222,5 +233,6 @@ __all__ = [
     "path_part",
     "recon_artifact",
     "run_tags",
+    "shared_stage_tags",
     "skipped_metric",
 ]
