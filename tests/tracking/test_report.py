@@ -15,12 +15,14 @@ from vlsa_platform.cli import main
 from vlsa_platform.tracking import Tracker, TrackerOptions, TrackingStore, local_store, names
 from vlsa_platform.tracking.report import (
     BEST_MARK,
-    LOSS_CURVES_PNG,
     REPORT_HTML,
     REPORT_MD,
     ReportError,
     collect,
+    curve_plot_name,
+    first_values,
     objective_plot_name,
+    plots,
     render_html,
     render_markdown,
     write_report,
@@ -34,6 +36,8 @@ WEIGHTS = {"trial <0>": 0.1, "trial-1": 0.3, "trial-2": 1.0, "trial-3": 3.0}
 """Child name -> ``loss.rec_weight``. One name holds ``<`` so the HTML has something to escape."""
 VAL = {0.1: (2.0, 1.5), 0.3: (1.9, 1.2), 1.0: (1.8, 1.4), 3.0: (1.0, 1.9)}
 """Weight -> ``val/loss_llm`` at steps 3 and 6: trial-1 is best at the end, trial-3 only mid-run."""
+CURVES = [curve_plot_name(k) for k in (names.VAL_LOSS_LLM, names.VAL_LOSS_REC, names.VAL_EXACT_MATCH)]
+"""The curve plots of the sweep: ``val/psnr`` is logged but NaN throughout, so it has none."""
 
 
 def _loss_total(weight: float, step: int) -> float:
@@ -78,6 +82,9 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Tracked:
             }
             if step in (3, 6):
                 metrics[names.VAL_LOSS_LLM] = VAL[weight][0 if step == 3 else 1]
+                metrics[names.VAL_LOSS_REC] = 1.0 - 0.1 * weight - 0.01 * step
+                metrics[names.VAL_EXACT_MATCH] = 0.1 * step
+                metrics[names.VAL_PSNR] = float("nan")
             child.log_metrics(metrics, step=step)
         assert child.close()
         child_ids[name] = child.run_id
@@ -125,9 +132,12 @@ def test_collect_compares_the_children_of_the_latest_parent_with_children(tracke
     assert first.final[names.VAL_LOSS_LLM] == 1.5  # the last step's value, not the lowest
     assert first.final[names.LOSS_TOTAL] == pytest.approx(_loss_total(0.1, 6))
     assert first.final[names.LR] is None
-    assert first.history[names.LOSS_TOTAL].steps == (1, 2, 3, 4, 5, 6)
+    assert first.history[names.STAGE].steps == (1, 2, 3, 4, 5, 6)
     assert first.history[names.VAL_LOSS_LLM].values == (2.0, 1.5)
     assert first.stage_changes() == [(4, 1.0)]
+    assert first.stage_starts() == [(3.5, 2)]  # stage 2 (index 1) starts after step 3, the last of stage 1
+    assert first.first_value(names.VAL_LOSS_LLM) == 2.0
+    assert names.LOSS_TOTAL not in first.history  # read for no plot
     assert report.metric_columns()[0] == names.VAL_LOSS_LLM
     assert names.LR not in report.metric_columns()
 
@@ -184,8 +194,22 @@ def test_markdown_has_one_row_per_child_and_marks_the_best(tracked: Tracked) -> 
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
         assert cells[1] == name and str(weight) in cells
     assert [row.startswith(f"| {BEST_MARK} |") for row in rows] == [False, True, False, False]
-    assert f"{_loss_total(0.1, 6):.4g}" in rows[0]  # 4 significant digits
     assert "Best by val/loss_llm (min, parent run): trial-1 = 1.2." in text
+    lines = text.splitlines()
+    header = [
+        cell.strip() for cell in next(x for x in lines if x.startswith("| ★ | run")).strip("|").split(" | ")
+    ]
+    assert names.LOSS_TOTAL not in header  # a weighted sum whose weight is swept: never compared
+    assert names.LOSS_LLM in header and names.VAL_LOSS_REC in header
+    change = header.index("val/loss_llm first -> last")
+    assert header[change - 1] == names.VAL_LOSS_LLM
+    cells = [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+    assert [c[change] for c in cells] == [
+        "2 -> 1.5 (-25.0%)",
+        "1.9 -> 1.2 (-36.8%)",
+        "1.8 -> 1.4 (-22.2%)",
+        "1 -> 1.9 (+90.0%)",
+    ]
 
 
 def test_html_escapes_and_marks_the_best(tracked: Tracked) -> None:
@@ -199,13 +223,53 @@ def test_html_escapes_and_marks_the_best(tracked: Tracked) -> None:
 def test_write_report_writes_markdown_html_and_valid_pngs(tracked: Tracked, tmp_path: Path) -> None:
     written = write_report(collect(SWEEP, tracked.store), tmp_path / "out")
     plot_name = objective_plot_name("loss.rec_weight")
-    assert list(written) == [REPORT_MD, REPORT_HTML, LOSS_CURVES_PNG, plot_name]
-    for name in (LOSS_CURVES_PNG, plot_name):
+    assert list(written) == [REPORT_MD, REPORT_HTML, *CURVES, plot_name]  # one PNG per logged val metric
+    for name in (*CURVES, plot_name):
         with Image.open(written[name]) as image:
             assert image.format == "PNG" and image.size[0] > 200
             image.verify()
-    assert f"![loss_curves]({LOSS_CURVES_PNG})" in written[REPORT_MD].read_text()
-    assert written[REPORT_HTML].read_text().count("data:image/png;base64,") == 2
+    assert f"![curves_val_loss_llm]({CURVES[0]})" in written[REPORT_MD].read_text()
+    assert written[REPORT_HTML].read_text().count("data:image/png;base64,") == len(CURVES) + 1
+
+
+def test_curves_colour_by_the_swept_value_and_label_the_stage_that_starts(tracked: Tracked) -> None:
+    report = collect(SWEEP, tracked.store)
+    figure = plots.curve_figure(report, names.VAL_LOSS_REC)
+    (ax,) = figure.axes
+    assert ax.get_ylabel() == names.VAL_LOSS_REC and ax.get_xlabel() == "global step"
+    curves = [line for line in ax.get_lines() if len(line.get_xdata()) > 0 and line.get_linestyle() == "-"]
+    assert [list(line.get_xdata()) for line in curves] == [[3, 6]] * 4  # validation steps, not training
+    assert [line.get_label() for line in curves] == [f"loss.rec_weight={w}" for w in WEIGHTS.values()]
+    colours = [line.get_color() for line in curves]
+    assert (
+        len(set(colours)) == 4
+    )  # a colormap over the weight, in the weights' order (viridis: darkest first)
+    assert sum(colours[0][:3]) < sum(colours[-1][:3])
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert [line.get_xdata()[0] for line in dashed] == [3.5]  # between step 3 (stage 1) and 4 (stage 2)
+    assert [text.get_text() for text in ax.texts] == ["stage 2"]
+    assert plots.curve_figure(report, names.VAL_PSNR) is None  # NaN throughout: nothing to draw
+    assert plots.curve_figure(report, names.LOSS_TOTAL) is None  # never read, never drawn
+
+
+def test_first_values_give_each_trial_its_first_validation(tracked: Tracked) -> None:
+    first = first_values(tracked.store.uri, tracked.parent_id, names.VAL_LOSS_LLM)
+    assert first == {f"t{i}": VAL[w][0] for i, w in enumerate(WEIGHTS.values())}
+    assert first_values(tracked.store.uri, tracked.parent_id, names.VAL_PSNR) == {}  # NaN is no value
+
+
+def test_a_submission_gives_its_trials_their_first_value(tracked: Tracked, tmp_path: Path) -> None:
+    from vlsa_platform.orchestration.submission import _with_first_values
+    from vlsa_platform.orchestration.submission_types import TrialOutcome
+
+    def trials() -> list[TrialOutcome]:
+        return [TrialOutcome("t1", "trial-1", {}, "finished"), TrialOutcome("t9", "unknown", {}, "not run")]
+
+    filled = _with_first_values(trials(), tracked.store.uri, tracked.parent_id, names.VAL_LOSS_LLM)
+    assert [t.first for t in filled] == [{names.VAL_LOSS_LLM: 1.9}, {}]
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"  # MLflow not answering: the summary shows no change
+    assert [t.first for t in _with_first_values(trials(), missing, "p", names.VAL_LOSS_LLM)] == [{}, {}]
+    assert not (tmp_path / "missing.db").exists()
 
 
 def test_report_module_imports_no_training_stack() -> None:
@@ -227,7 +291,8 @@ def test_report_module_imports_no_training_stack() -> None:
 def test_report_plot_writes_into_the_given_folder(tmp_path: Path, tracked: Tracked) -> None:
     report = collect(ABLATION, tracked.store)
     written = write_report(report, tmp_path)
-    assert list(written) == [REPORT_MD, REPORT_HTML, LOSS_CURVES_PNG]  # model.vision is not numeric
+    assert list(written) == [REPORT_MD, REPORT_HTML]  # no validation metric; model.vision is not numeric
+    assert names.LOSS_TOTAL in render_markdown(report)  # the report's own metric, chosen by the parent
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -243,7 +308,7 @@ def test_cli_prints_the_table_and_writes_the_report(
     assert f"| {BEST_MARK} | trial-1 | t1 | FINISHED | 0.3 |" in out
     assert all(name in out for name in WEIGHTS)
     folder = Path("reports") / SWEEP
-    for name in (REPORT_MD, REPORT_HTML, LOSS_CURVES_PNG, objective_plot_name("loss.rec_weight")):
+    for name in (REPORT_MD, REPORT_HTML, *CURVES, objective_plot_name("loss.rec_weight")):
         assert (tmp_path / folder / name).is_file()
         assert str(folder / name) in out
 

@@ -162,6 +162,8 @@ def test_seeded_objective_plot_has_error_bars_and_no_seed_plot(tracked: Tracked,
         assert image.format == "PNG"
         image.verify()
     assert "## Runs" in written[REPORT_MD].read_text() and written[REPORT_HTML].is_file()
+    legend = plots.curve_figure(report, names.VAL_LOSS_LLM).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [f"loss.rec_weight={w}" for w in TIED_VALUES]
 
 
 def test_equal_values_without_repeats_are_a_tie_with_no_star(tracked: Tracked) -> None:
@@ -213,11 +215,12 @@ def test_summary_keeps_its_table_and_adds_the_verdict_line() -> None:
         for n, (seed, w) in enumerate((s, w) for s in SEEDS for w in TIED_VALUES)
     ]
     lines = summary(_result(trials), names.VAL_LOSS_LLM, "min")
-    rows = [["trial", "status", names.VAL_LOSS_LLM, "values"]]
+    rows = [["trial", "status", names.VAL_LOSS_LLM, "first -> last", "values"]]
     rows.extend(
-        [t.name, t.status, f"{t.metrics[names.VAL_LOSS_LLM]:.4g}", describe_values(t.values)] for t in trials
+        [t.name, t.status, f"{t.metrics[names.VAL_LOSS_LLM]:.4g}", "-", describe_values(t.values)]
+        for t in trials
     )
-    assert lines[:-1] == table(rows)  # the table as before, one line added
+    assert lines[:-1] == table(rows)  # the table (no first value known: no change), one line added
     assert lines[-1] == (
         "Tie by val/loss_llm (min): loss.rec_weight=0.3; loss.rec_weight=1 have means within the seed spread "
         "(pooled sample standard deviation 0.027) of the best mean 1.2; no best."
@@ -252,6 +255,34 @@ def test_summary_without_repeats_names_the_best_trial_or_the_tie() -> None:
     assert summary(_result(close), names.VAL_LOSS_LLM, "min")[-1] == (
         "Best by val/loss_llm (min): w=0.123 = 1 ± 0 (2 seeds)."  # settings apart by value, not by label
     )
+
+
+def test_summary_shows_each_trials_change_and_calls_equal_finals_a_tie() -> None:
+    firsts = {0.1: 6.92, 0.3: 6.95, 1.0: 6.9, 3.0: 6.874}
+    trials = [_trial(n, {"loss.rec_weight": w}, 6.874) for n, w in enumerate(firsts)]
+    trials[3].metrics[names.VAL_LOSS_LLM] = 6.87401  # prints as 6.874 too: equal to the printed precision
+    for trial, first in zip(trials, firsts.values(), strict=True):
+        trial.first = {names.VAL_LOSS_LLM: first}
+    lines = summary(_result(trials), names.VAL_LOSS_LLM, "min")
+    header = lines[0].split()
+    assert header[:4] == ["trial", "status", names.VAL_LOSS_LLM, "first"]
+    assert "6.92 -> 6.874 (-0.7%)" in lines[1] and "6.95 -> 6.874 (-1.1%)" in lines[2]
+    assert "6.874 -> 6.874 (+0.0%)" in lines[4]
+    assert lines[-1] == (
+        "Tie by val/loss_llm (min): "
+        + "; ".join(f"trial-{n:05d} (loss.rec_weight={w:g})" for n, w in enumerate(firsts))
+        + " = 6.874 (equal to 4 significant digits); no best."
+    )
+    assert BEST_MARK not in "\n".join(lines)
+    trials[1].metrics[names.VAL_LOSS_LLM] = 6.5
+    assert summary(_result(trials), names.VAL_LOSS_LLM, "min")[-1] == (
+        "Best by val/loss_llm (min): trial-00001 (loss.rec_weight=0.3) = 6.5."
+    )
+
+
+def test_trial_outcomes_of_older_records_load_without_first_values() -> None:
+    old = {"trial_id": "t0", "name": "trial-0", "values": {}, "status": "finished", "metrics": {"m/x": 1.0}}
+    assert TrialOutcome(**old).first == {}
 
 
 def test_summary_takes_the_mode_from_the_submitted_sweep(tmp_path: Path) -> None:

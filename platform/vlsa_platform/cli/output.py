@@ -125,20 +125,23 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
 
 
 def summary(result: SubmissionResult, metric: str, mode: str | None = None) -> list[str]:
-    """A finished submission's trials: status, ``metric`` and the values that set each apart; then one line
-    with the best trial, or with seed repeats the best setting (mean ± spread), or the trials that tie — the
-    report's rule (:mod:`vlsa_platform.tracking.report.verdict`), when there are two trials or more.
-    ``mode`` defaults to the sweep's."""
+    """A finished submission's trials: status, ``metric`` at the end, its change from the trial's first
+    validation (``6.912 -> 6.874 (-0.6%)``) and the values that set each apart; then one line with the best
+    trial, or with seed repeats the best setting (mean ± spread), or the trials that tie — the report's rule
+    (:mod:`vlsa_platform.tracking.report.verdict`), when there are two trials or more. ``mode`` defaults to the
+    sweep's."""
     from ..orchestration.sweep import describe_values  # the plan's imports: not for every verb's start
+    from ..tracking.report.verdict import format_change, format_value
 
-    rows = [["trial", "status", metric, "values"]]
+    rows = [["trial", "status", metric, "first -> last", "values"]]
     for trial in result.trials:
         value = trial.metrics.get(metric)
         rows.append(
             [
                 trial.name,
                 trial.status,
-                "-" if value is None else f"{value:.4g}",
+                format_value(value),
+                format_change(trial.first.get(metric), value),
                 describe_values(trial.values),
             ]
         )

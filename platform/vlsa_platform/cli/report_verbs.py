@@ -52,7 +52,8 @@ def add_verb(verbs: Any) -> None:
         help="compare the child runs (variants or trials) of an experiment: table and plots from MLflow",
         description="Read the child runs of an experiment's parent run from MLflow (default: the most recent "
         "parent run that has children) and compare them: varied params, the value at the last step of every "
-        "metric, the best child. Prints the Markdown table; writes report.md, report.html, loss_curves.png and "
+        "metric, the best child or the tie. Prints the Markdown table; writes report.md, report.html, "
+        "curves_<metric>.png for each validation metric the runs logged (stage starts marked) and "
         "objective_vs_<param>.png for each varied numeric param. Exit 2 with a message for an unknown "
         "experiment or run, or a parent run without children.",
     )

@@ -36,6 +36,7 @@ from typing import Any
 from .. import storage
 from ..config.schema import ExperimentConfig
 from ..tracking import names
+from ..tracking.report.queries import first_values
 from ..tracking.store import LocalTrackingServer, TrackingStore, resolve_store, shared_store
 from ..tracking.tracker import Tracker, git_commit
 from .decisions import scheduler, worker_clock
@@ -259,7 +260,7 @@ def run_submission(
                 f"{config.kind} {sub.submission_id}: up to {concurrent} trial"
                 f"{'s' if concurrent != 1 else ''} at once (the cluster fits {fits})"
             )
-            trials = progress.outcomes(tuner.fit())
+            trials = _with_first_values(progress.outcomes(tuner.fit()), served.uri, parent.run_id, metric)
             interrupted = any(t.status in ("not run", "interrupted") for t in trials)
             status = "FAILED" if any(t.status == "failed" for t in trials) else "FINISHED"
             if interrupted:
@@ -273,6 +274,23 @@ def run_submission(
             parent.set_tags({"vlsa.status": status.lower()})
             parent.close(status=status, timeout=30)
     return SubmissionResult(sub, parent.run_id, store.uri, trials, interrupted=interrupted)
+
+
+def _with_first_values(
+    trials: list[TrialOutcome], tracking_uri: str, parent_run_id: str, metric: str
+) -> list[TrialOutcome]:
+    """``trials`` with :attr:`TrialOutcome.first` holding ``metric`` at each trial's first validation, read
+    from its MLflow run's history (right across a resume, unlike what this launch's callbacks saw); left
+    empty where MLflow cannot say: tracking must never end a sweep."""
+    try:
+        first = first_values(tracking_uri, parent_run_id, metric)
+    except Exception as err:
+        log.warning("could not read the first %s of the trials from MLflow: %s", metric, err)
+        return trials
+    for trial in trials:
+        if trial.trial_id in first:
+            trial.first = {metric: first[trial.trial_id]}
+    return trials
 
 
 def _tuner(

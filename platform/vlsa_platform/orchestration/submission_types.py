@@ -136,7 +136,11 @@ class TrialOutcome:
     """``finished``, ``stopped early`` (ASHA), ``failed``, ``interrupted`` (the submission was stopped while
     it ran) or ``not run``."""
     metrics: dict[str, float] = field(default_factory=dict)
+    """The metrics of the trial's last report."""
     error: str | None = None
+    first: dict[str, float] = field(default_factory=dict)
+    """The sweep metric's value at the trial's first validation (read back from its MLflow run at the end of
+    the submission), by metric key; empty when unknown (a record from before, MLflow not answering)."""
 
 
 @dataclass

@@ -4,10 +4,13 @@ One submission is one parent run; each ablation variant or sweep trial is one ch
 MLflow's ``mlflow.parentRunId`` tag (DESIGN.md §4). :func:`collect` reads them into a :class:`Report`: for each
 child its name, status, ``vlsa.variant``/``vlsa.trial_id`` tag, the params that differ between children (the
 flattened keys as logged, e.g. ``loss.rec_weight``), the value at the last step of every §4 metric and the
-history of the loss curves; and which child is best by a metric (``val/loss_llm``/``min`` unless told, or the
-parent run's ``sweep.metric``/``sweep.mode``) — or, when the children repeat settings over seeds, each
-setting's mean ± spread and which setting is best; ties are marked as ties, never starred (:mod:`.verdict`). :func:`render_markdown`, :func:`render_html`, :func:`plot` and
-:func:`write_report` turn it into a table and PNG plots.
+history of the validation metrics, the stage index and the report's metric; and which child is best by a metric
+(``val/loss_llm``/``min`` unless told, or the parent run's ``sweep.metric``/``sweep.mode``) — or, when the
+children repeat settings over seeds, each setting's mean ± spread and which setting is best; ties are marked as
+ties, never starred (:mod:`.verdict`). :func:`render_markdown`, :func:`render_html`, :func:`plot` and
+:func:`write_report` turn it into tables (each child's metric from its first to its last validation) and PNG
+plots (validation curves per metric with the stages marked, the metric against each swept value);
+``loss/total``, a weighted sum whose weights may be what is swept, is in neither (unless it is the metric).
 
 - :mod:`.comparison`: the :class:`Report`, :class:`ChildRun`, :class:`Series` and :class:`Setting` dataclasses;
 - :mod:`.verdict`: the best-or-tied rule (shared with a submission's terminal summary);
@@ -24,10 +27,19 @@ import os
 from pathlib import Path
 
 from .comparison import ChildRun, Report, ReportError, Series, Setting
-from .plots import LOSS_CURVES_PNG, objective_plot_name, plot
-from .queries import DEFAULT_METRIC, DEFAULT_MODE, HISTORY_KEYS, collect
+from .plots import curve_plot_name, objective_plot_name, plot
+from .queries import CURVE_KEYS, DEFAULT_METRIC, DEFAULT_MODE, HISTORY_KEYS, collect, first_values
 from .render import render_html, render_markdown
-from .verdict import BEST_MARK, TIE_MARK, Score, Verdict, format_value, judge, verdict_line
+from .verdict import (
+    BEST_MARK,
+    TIE_MARK,
+    Score,
+    Verdict,
+    format_change,
+    format_value,
+    judge,
+    verdict_line,
+)
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -47,10 +59,10 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> dict[str, P
 
 __all__ = [
     "BEST_MARK",
+    "CURVE_KEYS",
     "DEFAULT_METRIC",
     "DEFAULT_MODE",
     "HISTORY_KEYS",
-    "LOSS_CURVES_PNG",
     "REPORT_HTML",
     "REPORT_MD",
     "TIE_MARK",
@@ -62,6 +74,9 @@ __all__ = [
     "Setting",
     "Verdict",
     "collect",
+    "curve_plot_name",
+    "first_values",
+    "format_change",
     "format_value",
     "judge",
     "objective_plot_name",

@@ -60,7 +60,7 @@ class ChildRun:
     """Value at the last logged step of each metric in ``names.METRICS`` (plus the report's metric);
     ``None`` when the run never logged it."""
     history: Mapping[str, Series]
-    """Full history of the :data:`~.queries.HISTORY_KEYS` the run logged."""
+    """Full history of the :data:`~.queries.HISTORY_KEYS` (and of the report's metric) the run logged."""
 
     def value(self, key: str) -> float | None:
         """The final value of ``key`` when it is a finite number, else ``None``."""
@@ -75,6 +75,29 @@ class ChildRun:
             return []
         points = zip(series.steps, series.values, strict=True)
         return [(step, value) for (_, before), (step, value) in itertools.pairwise(points) if value != before]
+
+    def stage_starts(self) -> list[tuple[float, int]]:
+        """``(x, number)`` for each stage after the first: ``number`` is the 1-based position of the stage that
+        starts there (the ``stage`` metric is its 0-based index) and ``x`` is half a step after the last step
+        the stage before it logged (a stage's last step is always logged, so the new stage's first step is the
+        next one), where a plot draws the boundary."""
+        series = self.history.get(names.STAGE)
+        if series is None:
+            return []
+        points = zip(series.steps, series.values, strict=True)
+        return [
+            (before_step + 0.5, int(value) + 1)
+            for (before_step, before), (_, value) in itertools.pairwise(points)
+            if value != before
+        ]
+
+    def first_value(self, key: str) -> float | None:
+        """The first finite value in the history of ``key`` (the first validation of a ``val/`` metric);
+        ``None`` without a history or a finite value."""
+        series = self.history.get(key)
+        if series is None:
+            return None
+        return next((v for v in series.values if math.isfinite(v)), None)
 
 
 @dataclass(frozen=True)
@@ -190,11 +213,14 @@ class Report:
 
     def metric_columns(self) -> tuple[str, ...]:
         """Metrics shown in the table: the report's metric first, then every ``names.METRICS`` key some child
-        has a value for, in DESIGN §4's order."""
+        has a value for, in DESIGN §4's order, but ``loss/total`` (unless it is the report's metric): it is
+        each run's weighted sum ``w_llm * loss/llm + w_rec * loss/rec``, which differs with the weights by
+        construction, so it does not compare runs; ``loss/llm`` and ``loss/rec`` do."""
         logged = [
             key
             for key in names.METRICS
-            if key != self.metric and any(c.final.get(key) is not None for c in self.children)
+            if key not in (self.metric, names.LOSS_TOTAL)
+            and any(c.final.get(key) is not None for c in self.children)
         ]
         return (self.metric, *logged)
 

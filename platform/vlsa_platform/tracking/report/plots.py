@@ -1,6 +1,7 @@
-"""The report's PNG plots: ``loss/total`` per child over the global step (stage changes dashed) and the
+"""The report's PNG plots: each validation metric (:data:`~.queries.CURVE_KEYS`) per child over the global step,
+coloured by the swept value, stage boundaries dashed and labelled with the stage that starts there; and the
 report's metric against each varied numeric param (with seed repeats: each setting's mean, its seeds' spread as
-error bars).
+error bars). ``loss/total`` is never drawn: it is a weighted sum whose weight may be what is swept.
 
 Drawn on matplotlib's Agg canvas through the object API (no pyplot, so no global backend switch and no display
 needed); matplotlib is imported on first use.
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import names
-from .comparison import Report, parse_number
+from .comparison import ChildRun, Report, parse_number
+from .queries import CURVE_KEYS
 from .verdict import BEST_MARK, TIE_MARK
 
-LOSS_CURVES_PNG = "loss_curves.png"
 _MAX_ANNOTATED_POINTS = 12  # objective plots name their points up to this many
 
 
@@ -31,36 +32,68 @@ def _figure(width: float = 8.0, height: float = 4.8) -> Any:
     return figure
 
 
-def _loss_curves(report: Report, path: Path) -> bool:
-    """``loss/total`` over the global step, one line per child; dashed vertical lines where ``stage``
-    changes (grey and labelled when every child changes stage at the same steps, else in the child's colour).
-    ``False`` (nothing written) when no child logged ``loss/total``."""
-    curves = [(c, c.history[names.LOSS_TOTAL]) for c in report.children if names.LOSS_TOTAL in c.history]
-    if not curves:
-        return False
-    figure = _figure()
-    ax = figure.add_subplot()
-    colours = {}
-    starred = _starred_runs(report)
-    for child, series in curves:
-        best = child.run_id in starred
-        (line,) = ax.plot(
-            series.steps,
-            series.values,
-            label=f"{child.name} (best)" if best else child.name,
-            linewidth=2.4 if best else 1.3,
-            marker="o" if len(series.steps) <= 30 else None,
-            markersize=3,
-        )
-        colours[child.run_id] = line.get_color()
-    changes = {c.run_id: c.stage_changes() for c, _ in curves if names.STAGE in c.history}
-    shared = list(changes.values())
-    if shared and all(c == shared[0] for c in shared):
-        for step, stage in shared[0]:
-            ax.axvline(step, color="0.45", linestyle="--", linewidth=1)
+def curve_plot_name(metric: str) -> str:
+    """File name of the curves of ``metric``: ``curves_val_loss_llm.png``."""
+    return f"curves_{names.path_part(metric.replace('/', '_'))}.png"
+
+
+def _finite(child: ChildRun, key: str) -> tuple[list[int], list[float]]:
+    """The finite points of ``key``'s history (a metric is NaN where it does not apply)."""
+    series = child.history.get(key)
+    if series is None:
+        return [], []
+    points = [(s, v) for s, v in zip(series.steps, series.values, strict=True) if math.isfinite(v)]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def colour_key(report: Report) -> tuple[dict[str, Any], dict[str, str]]:
+    """(run id -> colour, run id -> legend label). One varied numeric param but the seed: a colormap over
+    its value (log-scaled when positive and spanning 10x or more), labelled ``param=value``; other settings:
+    one categorical colour each, labelled by the setting; nothing varied: one colour per child, its name. The
+    seed repeats of a setting share its colour and label."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm, Normalize
+
+    params = report.setting_params()
+    numeric = [p for p in params if p in report.numeric_params()]
+    colours: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    if len(params) == 1 and numeric:
+        param = numeric[0]
+        values = {c.run_id: parse_number(c.params.get(param, "")) for c in report.children}
+        present = [v for v in values.values() if v is not None]
+        low, high = min(present), max(present)
+        log = low > 0 and high / low >= 10
+        norm = (LogNorm if log else Normalize)(vmin=low, vmax=high)
+        cmap = colormaps["viridis"]
+        for child in report.children:
+            value = values[child.run_id]
+            colours[child.run_id] = "0.5" if value is None else cmap(0.9 * norm(value))
+            labels[child.run_id] = f"{param}={child.params.get(param, '-')}"
+        return colours, labels
+    cycle = colormaps["tab10"]
+    if not params:
+        for i, child in enumerate(report.children):
+            colours[child.run_id], labels[child.run_id] = cycle(i % 10), child.name
+        return colours, labels
+    for i, setting in enumerate(report.settings()):
+        for child in setting.children:
+            colours[child.run_id], labels[child.run_id] = cycle(i % 10), setting.describe()
+    return colours, labels
+
+
+def _stage_lines(ax: Any, children: list[ChildRun], colours: dict[str, Any]) -> None:
+    """Dashed vertical lines where a stage starts (:meth:`~.comparison.ChildRun.stage_starts`): grey and
+    labelled ``stage N`` (the stage that starts there, 1-based) when every child starts its stages at the
+    same steps, else in each child's colour."""
+    starts = {c.run_id: c.stage_starts() for c in children if names.STAGE in c.history}
+    shared = list(starts.values())
+    if shared and all(s == shared[0] for s in shared):
+        for x, number in shared[0]:
+            ax.axvline(x, color="0.45", linestyle="--", linewidth=1)
             ax.annotate(
-                f"stage {stage:g}",
-                xy=(step, 1.0),
+                f"stage {number}",
+                xy=(x, 1.0),
                 xycoords=("data", "axes fraction"),
                 xytext=(3, -3),
                 textcoords="offset points",
@@ -68,17 +101,43 @@ def _loss_curves(report: Report, path: Path) -> bool:
                 fontsize="small",
                 color="0.3",
             )
-    else:
-        for run_id, steps in changes.items():
-            for step, _ in steps:
-                ax.axvline(step, color=colours[run_id], linestyle="--", linewidth=1, alpha=0.6)
+        return
+    for run_id, points in starts.items():
+        for x, _ in points:
+            ax.axvline(x, color=colours[run_id], linestyle="--", linewidth=1, alpha=0.6)
+
+
+def curve_figure(report: Report, key: str) -> Any:
+    """``key`` (a validation metric) over the global step, one line per child that has finite values of it,
+    coloured by :func:`colour_key`, stage starts dashed (:func:`_stage_lines`), as a matplotlib figure; ``None``
+    when no child has a finite value."""
+    curves = [(c, *_finite(c, key)) for c in report.children]
+    curves = [(c, steps, values) for c, steps, values in curves if steps]
+    if not curves:
+        return None
+    colours, labels = colour_key(report)
+    figure = _figure()
+    ax = figure.add_subplot()
+    shown: set[str] = set()
+    for child, steps, values in curves:
+        label = labels[child.run_id]
+        ax.plot(
+            steps,
+            values,
+            color=colours[child.run_id],
+            label="_" if label in shown else label,  # seed repeats: one legend entry per setting
+            linewidth=1.6,
+            marker="o" if len(steps) <= 30 else None,
+            markersize=3.5,
+        )
+        shown.add(label)
+    _stage_lines(ax, [c for c, *_ in curves], colours)
     ax.set_xlabel("global step")
-    ax.set_ylabel(names.LOSS_TOTAL)
-    ax.set_title(f"{report.experiment}: {names.LOSS_TOTAL} per child run (dashed: stage changes)")
+    ax.set_ylabel(key)
+    ax.set_title(f"{report.experiment}: {key} per run (dashed: a stage starts)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=max(1, math.ceil(len(curves) / 12)))
-    figure.savefig(path, dpi=120)
-    return True
+    ax.legend(fontsize="small", ncol=max(1, math.ceil(len(shown) / 12)))
+    return figure
 
 
 def _objective_plot(report: Report, param: str, path: Path) -> bool:
@@ -152,28 +211,23 @@ def _objective_points(
     ]
 
 
-def _starred_runs(report: Report) -> set[str]:
-    """The starred child, or with seed repeats every child of the starred setting; empty on a tie."""
-    if not report.repeated:
-        return {report.best_run_id} if report.best_run_id else set()
-    starred = report.verdict().starred
-    return set() if starred is None else {c.run_id for c in report.settings()[starred].children}
-
-
 def objective_plot_name(param: str) -> str:
     """File name of the objective plot for ``param``: ``objective_vs_loss.rec_weight.png``."""
     return f"objective_vs_{names.path_part(param)}.png"
 
 
 def plot(report: Report, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write the PNG plots into ``out_dir`` (created if missing) and return their paths:
-    ``loss_curves.png`` (when some child logged ``loss/total``) and ``objective_vs_<param>.png`` for each
-    varied numeric param but the seed (when some child has a value for the report's metric)."""
+    """Write the PNG plots into ``out_dir`` (created if missing) and return their paths: ``curves_<metric>.png``
+    for each of :data:`~.queries.CURVE_KEYS` some child has finite values of, then ``objective_vs_<param>.png``
+    for each varied numeric param but the seed (when some child has a value for the report's metric)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if _loss_curves(report, out / LOSS_CURVES_PNG):
-        written.append(out / LOSS_CURVES_PNG)
+    for key in CURVE_KEYS:
+        figure = curve_figure(report, key)
+        if figure is not None:
+            figure.savefig(out / curve_plot_name(key), dpi=120)
+            written.append(out / curve_plot_name(key))
     for param in report.numeric_params():
         if param not in report.setting_params():
             continue  # the seed: its repeats are the error bars
@@ -183,4 +237,4 @@ def plot(report: Report, out_dir: str | os.PathLike[str]) -> list[Path]:
     return written
 
 
-__all__ = ["LOSS_CURVES_PNG", "objective_plot_name", "plot"]
+__all__ = ["colour_key", "curve_figure", "curve_plot_name", "objective_plot_name", "plot"]

@@ -1,14 +1,17 @@
 """The report's MLflow queries: the child runs of one parent run, read into a :class:`~.comparison.Report`.
 
 :func:`collect` finds the experiment and the parent run (the most recent one with children unless named),
-reads each child's tags, params, final metric values and the history of the :data:`HISTORY_KEYS`, and stars
-the best child (unless another ties with it, :mod:`.verdict`) by a metric (the caller's, else the parent run's ``sweep.metric``/``sweep.mode``, else
-``val/loss_llm``/``min``). Only reads MLflow, through :func:`~vlsa_platform.tracking.client.mlflow_client`.
+reads each child's tags, params, final metric values and the history of the :data:`HISTORY_KEYS` (and of the
+report's metric), and stars the best child (unless another ties with it, :mod:`.verdict`) by a metric (the
+caller's, else the parent run's ``sweep.metric``/``sweep.mode``, else ``val/loss_llm``/``min``).
+:func:`first_values` gives a submission's summary each trial's first value of its metric. Only reads MLflow,
+through :func:`~vlsa_platform.tracking.client.mlflow_client`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,14 +27,19 @@ DEFAULT_MODE: Mode = "min"
 SWEEP_METRIC_PARAM = "sweep.metric"
 """Parent-run param (the flattened ``sweep.metric`` of the experiment file) that names the sweep's metric."""
 SWEEP_MODE_PARAM = "sweep.mode"
-HISTORY_KEYS: tuple[str, ...] = (
-    names.LOSS_TOTAL,
-    names.LOSS_LLM,
-    names.LOSS_REC,
+CURVE_KEYS: tuple[str, ...] = (
     names.VAL_LOSS_LLM,
-    names.STAGE,
+    names.VAL_LOSS_REC,
+    names.VAL_EXACT_MATCH,
+    names.VAL_VQ_ACCURACY,
+    names.VAL_PX_ACCURACY,
+    names.VAL_PSNR,
 )
-"""Metrics whose full history is read (for the plots); every other metric only at its last step."""
+"""The validation metrics drawn as curves over the global step (one plot each that some child has values
+for); unlike ``loss/total`` they mean the same in every run whatever its loss weights."""
+HISTORY_KEYS: tuple[str, ...] = (*CURVE_KEYS, names.STAGE)
+"""Metrics whose full history is read (the curves, the stage boundaries; the report's metric is read too,
+for its first validation); every other metric only at its last step."""
 _PAGE_SIZE = 1000  # MLflow's largest search_runs page
 
 
@@ -101,7 +109,8 @@ def _collect(
 
     chosen_metric, chosen_mode, source = _objective(parent.data.params, metric, mode)
     keys = names.METRICS if chosen_metric in names.METRICS else (*names.METRICS, chosen_metric)
-    children = tuple(_child(client, run, keys) for run in runs)
+    history = HISTORY_KEYS if chosen_metric in HISTORY_KEYS else (*HISTORY_KEYS, chosen_metric)
+    children = tuple(_child(client, run, keys, history) for run in runs)
 
     all_keys = sorted({key for child in children for key in child.params})
     varied = tuple(key for key in all_keys if len({c.params.get(key) for c in children}) > 1)
@@ -147,14 +156,14 @@ def _objective(
     return chosen, chosen_mode, source
 
 
-def _child(client: Any, run: Any, keys: Sequence[str]) -> ChildRun:
+def _child(client: Any, run: Any, keys: Sequence[str], history_keys: Sequence[str]) -> ChildRun:
     """A :class:`ChildRun` from a searched run. MLflow keeps each metric's latest value as the one at the
     highest step (then latest timestamp), which is what "final" means here; histories need one request each."""
     tags = run.data.tags
     label_tag = next((t for t in (names.TAG_VARIANT, names.TAG_TRIAL_ID) if tags.get(t)), None)
     metrics = run.data.metrics
     history = {}
-    for key in HISTORY_KEYS:
+    for key in history_keys:
         if key in metrics:
             history[key] = _series(client.get_metric_history(run.info.run_id, key))
     return ChildRun(
@@ -177,6 +186,26 @@ def _series(metrics: Sequence[Any]) -> Series:
         by_step[int(m.step)] = float(m.value)
     steps = tuple(sorted(by_step))
     return Series(steps=steps, values=tuple(by_step[s] for s in steps))
+
+
+def first_values(store: TrackingStore | str | None, parent_run_id: str, metric: str) -> dict[str, float]:
+    """Trial id (the ``vlsa.trial_id`` tag) -> the first finite value of ``metric`` in the history of each
+    child run of ``parent_run_id`` (a ``val/`` metric's first validation): what a submission's summary shows
+    a trial's change from. MLflow's errors are raised, and :class:`ReportError` for a missing local store."""
+    _require_sqlite_file(tracking_uri(store))
+    client = mlflow_client(store)
+    parent = client.get_run(parent_run_id)
+    query = f"tags.`{names.TAG_PARENT_RUN}` = '{_quote(parent_run_id)}'"
+    out = {}
+    for run in _search(client, parent.info.experiment_id, query):
+        trial_id = run.data.tags.get(names.TAG_TRIAL_ID)
+        if trial_id is None or metric not in run.data.metrics:
+            continue
+        values = _series(client.get_metric_history(run.info.run_id, metric)).values
+        first = next((v for v in values if math.isfinite(v)), None)
+        if first is not None:
+            out[trial_id] = first
+    return out
 
 
 def _search(
@@ -245,10 +274,12 @@ def _quote(value: str) -> str:
 
 
 __all__ = [
+    "CURVE_KEYS",
     "DEFAULT_METRIC",
     "DEFAULT_MODE",
     "HISTORY_KEYS",
     "SWEEP_METRIC_PARAM",
     "SWEEP_MODE_PARAM",
     "collect",
+    "first_values",
 ]

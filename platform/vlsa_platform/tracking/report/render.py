@@ -1,7 +1,8 @@
 """The report as text: a Markdown table (:func:`render_markdown`) and a self-contained HTML page
-(:func:`render_html`), one row per child run, the best one marked ★ (or every tied one marked ``tied``). When
-the children repeat settings over seeds (:attr:`~.comparison.Report.repeated`), a table of the settings comes
-first: each setting's mean ± sample standard deviation, its number of seeds and its mark."""
+(:func:`render_html`), one row per child run with its metric's change from its first to its last validation,
+the best one marked ★ (or every tied one marked ``tied``: never a star on a tie). When the children repeat
+settings over seeds (:attr:`~.comparison.Report.repeated`), a table of the settings comes first: each setting's
+mean ± sample standard deviation, its number of seeds and its mark."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .comparison import Report
-from .verdict import BEST_MARK, SPREAD_NAME, TIE_MARK, format_spread, format_value, verdict_line
+from .verdict import (
+    BEST_MARK,
+    SPREAD_NAME,
+    TIE_MARK,
+    format_change,
+    format_spread,
+    format_value,
+    verdict_line,
+)
 
 _MAX_CELL = 60  # characters of a param value shown in a table cell
 
@@ -23,9 +32,16 @@ def _short(text: str | None) -> str:
     return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
-def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """Header and (mark, cells) per child; plain text, not escaped. With seed repeats the marks go to the
-    settings (:func:`_setting_rows`) and the children's are blank."""
+def change_header(report: Report) -> str:
+    """Title of the column that shows each child's metric from its first to its last value."""
+    return f"{report.metric} first -> last"
+
+
+def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]], int]:
+    """Header, (mark, cells) per child and the index of the first number column; plain text, not escaped.
+    The report's metric comes first, then its change over the run (:func:`~.verdict.format_change`), then the
+    other metrics. With seed repeats the marks go to the settings (:func:`_setting_rows`) and the children's
+    are blank."""
     verdict = None if report.repeated else report.verdict()
     header = [BEST_MARK, "run"]
     label = report.label_header
@@ -33,8 +49,9 @@ def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]]]:
         header.append(label)
     header.append("status")
     header.extend(report.varied_params)
-    metrics = report.metric_columns()
-    header.extend(metrics)
+    first_number = len(header)
+    metric, *others = report.metric_columns()
+    header.extend([metric, change_header(report), *others])
     rows = []
     for index, child in enumerate(report.children):
         mark = verdict.mark(index) if verdict is not None else ""
@@ -43,9 +60,11 @@ def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]]]:
             cells.append(child.label or "-")
         cells.append(child.status)
         cells.extend(_short(child.params.get(key)) for key in report.varied_params)
-        cells.extend(format_value(child.final.get(key)) for key in metrics)
+        cells.append(format_value(child.final.get(metric)))
+        cells.append(format_change(child.first_value(metric), child.value(metric)))
+        cells.extend(format_value(child.final.get(key)) for key in others)
         rows.append((mark, cells))
-    return header, rows
+    return header, rows, first_number
 
 
 def _setting_rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -118,9 +137,8 @@ def render_markdown(report: Report, images: Sequence[str | os.PathLike[str]] = (
     """The comparison as Markdown: a heading, the parent and the verdict (best or tie), with seed repeats
     the table of settings, one table row per child (best row marked ★, tied rows ``tied``), then ``images``
     as image links (paths as given, e.g. relative to the report file)."""
-    header, rows = _rows(report)
+    header, rows, first_metric = _rows(report)
     parent, best = _summary(report)
-    first_metric = len(header) - len(report.metric_columns())
     lines = [f"# Report: {_md(report.experiment)}", "", _md(parent), "", _md(best), ""]
     if report.repeated:
         setting_header, setting_rows = _setting_rows(report)
@@ -173,9 +191,8 @@ def _html_table(
 def render_html(report: Report, images: Sequence[str | os.PathLike[str]] = ()) -> str:
     """The comparison as one self-contained HTML page (every text escaped; ``images``, PNG files, embedded
     as data URIs so the page needs nothing beside it)."""
-    header, rows = _rows(report)
+    header, rows, first_metric = _rows(report)
     parent, best = _summary(report)
-    first_metric = len(header) - len(report.metric_columns())
     esc = html.escape
     out = [
         "<!DOCTYPE html>",

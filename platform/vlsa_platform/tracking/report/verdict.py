@@ -13,6 +13,8 @@ mean and the settings tied with it (docs/tracking.md, "Ties"):
 - the best is starred only when nothing ties with it; otherwise every tied setting, the best included, is
   marked :data:`TIE_MARK` and there is no best.
 
+:func:`format_change` writes a metric's change over a run (first -> last validation) for both.
+
 Pure Python (``statistics``), importable without MLflow.
 """
 
@@ -45,6 +47,17 @@ def format_value(value: float | None) -> str:
 def format_spread(value: float) -> str:
     """A spread to 2 significant digits (it is itself an estimate from a few seeds)."""
     return f"{value:.2g}"
+
+
+def format_change(first: float | None, last: float | None) -> str:
+    """A metric's change over a run: ``6.912 -> 6.874 (-0.6%)`` (the relative change of the last value from
+    the first); ``-`` when either is missing, no percentage when the first is 0 or a value is not finite."""
+    if first is None or last is None:
+        return "-"
+    text = f"{format_value(first)} -> {format_value(last)}"
+    if first == 0 or not (math.isfinite(first) and math.isfinite(last)):
+        return text
+    return f"{text} ({(last - first) / abs(first) * 100:+.1f}%)"
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,7 @@ __all__ = [
     "Mode",
     "Score",
     "Verdict",
+    "format_change",
     "format_spread",
     "format_value",
     "judge",
