@@ -73,9 +73,9 @@ def test_greedy_answer_follows_the_forward_with_the_image_spliced_in(model, toke
             image_grids=sample.image_grids,
         )
     assert out.logits[0, answer.start - 1 : -1].argmax(-1).tolist() == tokens
-    # The image matters: another image gives another answer.
+    # The image matters: another image (its colours inverted) gives another answer.
     other = dataclasses.replace(
-        sample, pixel_values=sample.pixel_values.flip(-1), tile_pixel_values=sample.tile_pixel_values.flip(-1)
+        sample, pixel_values=-sample.pixel_values, tile_pixel_values=-sample.tile_pixel_values
     )
     assert greedy_answer(model, other, answer, max_new_tokens=6, stop_ids=settings.stop_ids) != tokens
 
