@@ -4,8 +4,8 @@ A real submission (``run_submission`` on an embedded local Ray, the tiny scale, 
 temporary folder) of ``experiments/stage_mixing_sweep.yaml`` with short stages (``--steps``) and FIFO (every
 trial to the end, so every trial's stages are counted). Read back afterwards:
 
-- from the experiment file alone: the distinct prefixes per stage (``orchestration.prefixes.prefix_digests`` of
-  every trial's config) — what must be trained;
+- from the experiment file alone: the distinct prefixes per stage, as the plan counts them (``build_plan``'s
+  ``prefixes``) — what must be trained;
 - from the run storage: per trial and stage, whether its ``<stage>.complete.json`` was trained by the trial or
   adopted (``shared_from``), and the publications under ``prefixes/``;
 - from MLflow: the adopting runs' ``vlsa.shared.<stage>.run_id`` tags, and each trial's ``loss/total`` series
@@ -52,22 +52,11 @@ def _settings(args: argparse.Namespace, stages: list[str]) -> list[str]:
 
 
 def distinct_prefixes(config) -> dict[str, int]:
-    """Per stage, how many distinct prefixes the sweep's trials have (from their configs alone)."""
-    from ray.tune.search.variant_generator import generate_variants
+    """Per stage, how many of the sweep's trials must train it: the plan's count (``build_plan``'s
+    ``prefixes``, from the trials' configs alone), which the run is checked against."""
+    from vlsa_platform.orchestration.plan import build_plan
 
-    from vlsa_platform.orchestration.plan import expand_runs, plan_run, stage_placements
-    from vlsa_platform.orchestration.prefixes import prefix_digests
-    from vlsa_platform.orchestration.sweep import param_space
-
-    seen: dict[str, set[str]] = {stage: set() for stage in config.stages}
-    for _, values in generate_variants(param_space(config)):
-        trial = config.with_values({k: values[k] for k in config.sweep.search_space})
-        run = expand_runs(trial)[0]
-        placements = stage_placements(run)
-        steps = {s["name"]: s["steps"] for s in plan_run(run, placements)["stages"]}
-        for stage, digest in prefix_digests(trial, steps, placements).items():
-            seen[stage].add(digest)
-    return {stage: len(digests) for stage, digests in seen.items()}
+    return {stage: entry["trained"] for stage, entry in build_plan(config)["prefixes"].items()}
 
 
 def main() -> None:

@@ -1,12 +1,36 @@
-"""Fixtures of the orchestration tests: a real Ray head with token authentication (:mod:`.ray_head`)."""
+"""Fixtures of the orchestration tests: a real Ray head with token authentication (:mod:`.ray_head`), and a
+local Ray in this process for the Ray Train runs."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from vlsa_platform.cluster import BUILTIN, node_resources
+
 from .ray_head import RayHead, ray_head
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    """A local Ray (2 CPUs, token auth as Ray sets it up) with 2 simulated H100s and 2 A10Gs, and the S3 server's
+    AWS variables in the environment its workers inherit."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("needs its own local Ray (one is already running in this process)")
+    saved = {key: os.environ.get(key) for key in s3_server.env()}
+    os.environ.update(s3_server.env())
+    resources = {**node_resources(BUILTIN["H100"], 2), **node_resources(BUILTIN["A10G"], 2)}
+    ray.init(num_cpus=2, resources=resources, include_dashboard=False, log_to_driver=False)
+    yield s3_server
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

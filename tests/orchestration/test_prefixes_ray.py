@@ -7,7 +7,6 @@ the copied steps) and trains only its own stage 3. About 2-3 minutes per storage
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,22 +43,6 @@ def _config(stage3_rec: float):
         ]
     sets.append(f"stages.stage3.loss.rec_weight={stage3_rec}")
     return load_experiment(ROOT / "experiments" / "vlsa_paper.yaml", scale="tiny", overrides=sets)
-
-
-@pytest.fixture(scope="module")
-def cluster(s3_server):
-    if ray.is_initialized():
-        pytest.skip("needs its own local Ray (one is already running in this process)")
-    saved = {key: os.environ.get(key) for key in s3_server.env()}
-    os.environ.update(s3_server.env())
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield s3_server
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _race(root: str, work: Path):

@@ -31,7 +31,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vlsa_platform.cluster import BUILTIN, node_resources
 from vlsa_platform.config.loader import load_experiment
 from vlsa_platform.config.schema import METRICS
 from vlsa_platform.model.parts import part_of
@@ -79,25 +78,6 @@ def experiment(zero_stage: int, accelerator: str, extra: tuple[str, ...] = ()):
         ]
     sets += ["stages.stage2.lr.vision_encoder=2e-3", "stages.stage3.lr.vision_encoder=2e-3"]
     return load_experiment(PAPER, scale="tiny", overrides=[*sets, *extra])
-
-
-@pytest.fixture(scope="module")
-def cluster(s3_server):
-    """A local Ray (2 CPUs, token auth as Ray sets it up) with 2 simulated H100s and 2 A10Gs, and the S3 server's
-    AWS variables in the environment its workers inherit."""
-    if ray.is_initialized():
-        pytest.skip("needs its own local Ray (one is already running in this process)")
-    saved = {key: os.environ.get(key) for key in s3_server.env()}
-    os.environ.update(s3_server.env())
-    resources = {**node_resources(BUILTIN["H100"], 2), **node_resources(BUILTIN["A10G"], 2)}
-    ray.init(num_cpus=2, resources=resources, include_dashboard=False, log_to_driver=False)
-    yield s3_server
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _train(config, work: Path, storage_root: str):
