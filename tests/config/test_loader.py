@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from vlsa_platform.config import ConfigError, load_experiment
-from vlsa_platform.config.loader import TINY_GLOBAL_BATCH
+from vlsa_platform.config.loader import (
+    TINY_GLOBAL_BATCH,
+    TINY_LR,
+    TINY_MAX_ZERO_STAGE,
+    TINY_STAGE_STEPS,
+    TINY_VALIDATION_EVERY,
+)
 from vlsa_platform.config.schema import SYNTHETIC_DATASET
 
 from .helpers import MINIMAL, line_of, write
@@ -235,12 +241,27 @@ def test_scale_tiny_swaps_model_data_and_placement(tmp_path):
         TINY_GLOBAL_BATCH,
         "none",
     )
-    assert placement.zero_stage == 3  # kept as written
-    # stages, losses and data references are kept
+    assert placement.zero_stage == TINY_MAX_ZERO_STAGE == 2  # one rank: nothing for ZeRO-3 to partition
+    # stages, losses and data references are kept; a length in steps too, one in epochs becomes steps
     assert tiny.stages["s1"].steps == 2 and tiny.stages["s2"].mixture[0].sampling == "random:50%"
+    assert tiny.stages["s2"].steps == TINY_STAGE_STEPS and tiny.stages["s2"].epochs is None
+    # each stage's default rate becomes TINY_LR, its parts keeping their ratio to it
+    assert tiny.stages["s1"].lr.default == TINY_LR
+    s2 = tiny.stages["s2"].lr
+    assert (s2.default, s2.vision_encoder) == (TINY_LR, TINY_LR / 10)
+    assert tiny.data.validation.every_steps == TINY_VALIDATION_EVERY
     # --set applies after --scale
-    two = load_experiment("x.yaml", scale="tiny", overrides=["stages.s1.placement.num_workers=2"])
-    assert two.stages["s1"].placement.num_workers == 2
+    two = load_experiment(
+        "x.yaml",
+        scale="tiny",
+        overrides=[
+            "stages.s1.placement.num_workers=2",
+            "stages.s1.placement.zero_stage=3",
+            "stages.s2.lr.default=2e-5",
+        ],
+    )
+    assert two.stages["s1"].placement.num_workers == 2 and two.stages["s1"].placement.zero_stage == 3
+    assert two.stages["s2"].lr.default == 2e-5
 
 
 def test_scale_paper_keeps_the_file(tmp_path):

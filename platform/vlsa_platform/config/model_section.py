@@ -6,7 +6,7 @@ SA-Perceiver); an ablation variant's switches are checked again by ``ExperimentC
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -22,7 +22,7 @@ DEFAULT_GRID_PINPOINTS: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (
 class ModelWeights(Section):
     """Where each sub-model's pretrained weights come from: a Hugging Face hub id, a local directory or an
     ``s3://`` prefix. ``null`` = the preset's default (``model/presets``: LLaMA-3-8B-Instruct, CLIP-ViT-L/14-336,
-    SD3-medium, ITHQ VQ-VAE); ignored by the ``tiny`` preset, which starts from random weights."""
+    SD3-medium, ITHQ VQ-VAE); ignored by the ``tiny`` preset, whose weights ``model.tiny_weights`` chooses."""
 
     vision_encoder: str | None = None
     """CLIP vision tower weights."""
@@ -81,6 +81,10 @@ class ModelConfig(Section):
     """Recompute activations in the backward pass (LLM and vision tower) to save memory."""
     weights: ModelWeights = Field(default_factory=ModelWeights)
     """Weight sources per sub-model."""
+    tiny_weights: Literal["random", "pretrained"] = "pretrained"
+    """``tiny`` preset only: ``pretrained`` (LLM, vision encoder and VAE from the platform's own pretraining on
+    the synthetic data, bundled with the package: ``train.tiny_pretrain``; the denoiser stays random), as the
+    paper starts from published weights; or ``random`` (every weight drawn from the seed)."""
 
     @model_validator(mode="before")
     @classmethod

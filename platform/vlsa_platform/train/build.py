@@ -2,9 +2,11 @@
 
 The plan (``orchestration.plan``) and the training workers both go through :func:`vlsa_config_for`, so the
 parameter counts the plan prints are those of the model that trains. Initial weights: the ``tiny`` preset
-draws them from the experiment's seed (every worker builds the same model); the ``paper`` preset loads each
-sub-model from ``model.weights`` (hub id, local folder or ``s3://``, :mod:`.weights`). A stage after the
-first replaces them with the previous stage's exported weights (:func:`load_exported`).
+draws them from the experiment's seed (every worker builds the same model), or with ``model.tiny_weights:
+pretrained`` loads its LLM, vision encoder and VAE from the platform's cached pretraining (:mod:`.tiny_pretrain`);
+the ``paper`` preset loads each sub-model from ``model.weights`` (hub id, local folder or ``s3://``,
+:mod:`.weights`). A stage after the first replaces them with the previous stage's exported weights
+(:func:`load_exported`).
 """
 
 from __future__ import annotations
@@ -83,13 +85,21 @@ def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VL
     """The model a stage starts from, in float32 on the CPU (the DeepSpeed strategy moves and casts it).
 
     ``init_from``: an exported model folder (local or ``s3://``, :func:`export_dir`) of the previous stage;
-    ``None``: the initial weights (the ``tiny`` preset's from ``seed``, the ``paper`` preset's from
-    ``model.weights`` or the published checkpoints). LoRA adapters, when on, are added in every stage so
-    exports of all stages have the same keys (they train only where ``llm`` is trainable).
+    ``None``: the initial weights (the ``tiny`` preset's from ``seed``, or with ``model.tiny_weights:
+    pretrained`` its LLM, vision encoder and VAE from :func:`.tiny_pretrain.tiny_sources`, built on first use;
+    the ``paper`` preset's from ``model.weights`` or the published checkpoints). LoRA adapters, when on, are
+    added in every stage so exports of all stages have the same keys (they train only where ``llm`` is
+    trainable).
     """
     vlsa = vlsa_config_for(config)
     torch.manual_seed(config.seed)  # new modules (and all tiny weights) are the same in every worker
-    if config.model.preset == "tiny" or init_from is not None:
+    if config.model.preset == "tiny" and init_from is None and config.model.tiny_weights == "pretrained":
+        from ..model.pretrained import build_from_pretrained
+        from .tiny_pretrain import tiny_sources
+
+        sources = tiny_sources()
+        model = build_from_pretrained(vlsa, {p: s for p, s in sources.items() if vlsa.recon or p not in ("vae", "denoiser")})
+    elif config.model.preset == "tiny" or init_from is not None:
         model = VLSAForConditionalGeneration(vlsa)
     else:
         from ..model.presets import PAPER_SOURCES
