@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vlsa_platform import cli, exits
+from vlsa_platform.config.loader import TINY_STAGE_STEPS
 from vlsa_platform.orchestration.ledger import RecordError, SubmissionRecord, all_records, find
 from vlsa_platform.orchestration.submission_types import SubmissionSpec
 
@@ -58,7 +59,7 @@ def test_dry_run_prints_the_plan(workdir, capsys):
     )
     plan = json.loads(capsys.readouterr().out)
     assert plan["kind"] == "sweep" and plan["num_trials"] == 4
-    assert [s["steps"] for s in plan["runs"][0]["stages"]] == [4, 4, 4]  # --scale tiny: 4 steps a stage
+    assert [s["steps"] for s in plan["runs"][0]["stages"]] == [TINY_STAGE_STEPS] * 3  # --scale tiny
     assert not workdir.exists()
 
 

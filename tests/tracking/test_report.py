@@ -71,7 +71,12 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Tracked:
             parent.run_id, name, names.run_tags(scale="tiny", trial_id=f"t{i}"), store=store, options=FAST
         )
         child.log_params(
-            {"loss": {"rec_weight": weight, "llm_weight": 1.0}, "model": {"vision": "sa_perceiver"}}
+            {
+                "loss": {"rec_weight": weight, "llm_weight": 1.0},
+                "model": {"vision": "sa_perceiver"},
+                # each stage's resolved weight, as a run logs it: the same values under another key
+                "stages": {"stage1": {"loss": {"rec_weight": weight}}},
+            }
         )
         for step in range(1, 7):
             metrics = {
@@ -120,7 +125,7 @@ def test_collect_compares_the_children_of_the_latest_parent_with_children(tracke
     assert report.parent_run_id == tracked.parent_id  # the later childless parent is passed over
     assert [c.name for c in report.children] == list(WEIGHTS)
     assert [c.run_id for c in report.children] == [tracked.child_ids[n] for n in WEIGHTS]
-    assert report.varied_params == ("loss.rec_weight",)
+    assert report.varied_params == ("loss.rec_weight",)  # not its stage-level copy as well
     assert report.numeric_params() == ("loss.rec_weight",)
     assert (report.metric, report.mode, report.metric_source) == (names.VAL_LOSS_LLM, "min", "parent run")
     assert report.best is not None and report.best.name == "trial-1"

@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, StringConstraints, field_validator
+from pydantic import Field, PositiveFloat, StringConstraints, field_validator
 
-from .vocabulary import SYNTHETIC_DATASET, Fraction, Name, Sampling, Section
+from .vocabulary import (
+    MAX_COUNT,
+    MAX_WORKERS,
+    SYNTHETIC_DATASET,
+    BatchSize,
+    Count,
+    Fraction,
+    Name,
+    Records,
+    Sampling,
+    Section,
+    Steps,
+)
 
 
 class DatasetConfig(Section):
@@ -24,7 +36,7 @@ class DatasetConfig(Section):
     """Directory (local or ``s3://``) that the records' ``image`` paths are relative to; ``null`` = beside ``path``."""
     split: str | None = None
     """Name of a split inside the source, for sources that hold several; ``null`` = the whole file."""
-    num_samples: PositiveInt | None = None
+    num_samples: Records | None = None
     """Number of records, if known: lets the plan turn ``epochs`` into steps without reading the data."""
 
     @field_validator("path", "image_root")
@@ -58,9 +70,9 @@ class CognitionConfig(Section):
     """Probability that an image sample gets a VQ question (codebook indices of a window of its latent grid)."""
     p_px: Fraction = 0.5
     """Probability that an image sample gets a pixel question (mean RGB of a grid of cells in a quarter box)."""
-    vq_window: PositiveInt = 4
+    vq_window: Count = 4
     """``k``: the VQ question asks for a random ``k x k`` window of the VQ latent grid."""
-    px_grid: PositiveInt = 2
+    px_grid: Count = 2
     """``g``: the pixel answer lists the mean RGB of ``g x g`` cells of the box."""
     vq_format: Literal["text", "special"] = "text"
     """How indices are written: ``text`` (decimal numbers) or ``special`` (added tokens ``<vq_0>``..., the LLM's
@@ -82,9 +94,9 @@ class ValidationCognition(Section):
     pass and stage asks the same). 0 = none (no frozen VQ-VAE needed for validation)."""
     p_px: Fraction = 0.5
     """Probability that a validation image sample gets a pixel question. 0 = none."""
-    vq_window: PositiveInt = 4
+    vq_window: Count = 4
     """``k``: a VQ question asks for a ``k x k`` window of the VQ latent grid."""
-    px_grid: PositiveInt = 2
+    px_grid: Count = 2
     """``g``: a pixel answer lists the mean RGB of ``g x g`` cells of the box."""
     vq_format: Literal["text", "special"] = "text"
     """How the validation's VQ answers are written. ``text`` (decimal numbers) every model can read, so it is
@@ -104,19 +116,19 @@ class ValidationSet(Section):
     """Which records to validate on (same rules as a mixture's ``sampling``)."""
     holdout: bool = True
     """Keep these records out of every training mixture that uses the same dataset."""
-    every_steps: PositiveInt | None = None
+    every_steps: Steps | None = None
     """Validate every this many optimizer steps; ``null`` = at the end of each stage only."""
-    generate_samples: Annotated[int, Field(ge=0)] = 8
+    generate_samples: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 8
     """Validation samples per pass (over all ranks, split evenly, rounded up; the first of each rank's shard)
     whose answers are decoded greedily for ``val/exact_match``, ``val/vq_accuracy`` and ``val/px_accuracy``: each
     one's first complete text answer and its first VQ and pixel answers. 0 = no decoding (those metrics NaN)."""
-    generate_extra_tokens: Annotated[int, Field(ge=0)] = 4
+    generate_extra_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 4
     """A decoded answer may run this many tokens past the reference's length (and its end-of-turn token)
     before decoding stops; longer answers are cut there (and cannot match)."""
-    generate_batch: PositiveInt = 8
+    generate_batch: BatchSize = 8
     """Answers of one kind decoded together in one ``generate`` call on a rank (prompts left-padded): fewer calls
     (under ZeRO-3 each decoding step all-gathers every layer once, whatever the batch) for more memory."""
-    psnr_images: Annotated[int, Field(ge=0)] | None = 16
+    psnr_images: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = 16
     """Validation images per pass (over all ranks, split evenly; the first of each rank's shard) whose
     reconstruction the frozen VAE decodes for ``val/psnr``; ``null`` = every image, 0 = none (NaN)."""
     cognition: ValidationCognition = Field(default_factory=ValidationCognition)
@@ -137,11 +149,11 @@ class DataConfig(Section):
     """Named mixtures a stage can use by name (``mixture: NAME``), e.g. to sweep over data choices."""
     cognition: CognitionConfig = Field(default_factory=CognitionConfig)
     """Cognition-alignment turn settings."""
-    max_length: Annotated[int, Field(ge=64)] = 4096
+    max_length: Annotated[int, Field(ge=64, le=MAX_COUNT)] = 4096
     """Longest tokenized sample (visual tokens included); longer ones are truncated."""
     on_bad_sample: Literal["skip", "fail"] = "skip"
     """What a missing or unreadable image / malformed record does: ``skip`` it (counted) or ``fail`` the run."""
-    loader_workers: Annotated[int, Field(ge=0)] = 2
+    loader_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = 2
     """Data-loading processes per training worker (PyTorch ``DataLoader``); 0 = load in the training process."""
     validation: ValidationSet | None = None
     """Validation data; ``null`` = no validation losses (a sweep on a ``val/`` metric needs it)."""

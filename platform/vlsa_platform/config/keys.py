@@ -27,6 +27,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
+from .bounded_yaml import MAX_SET_BYTES, YamlLimit, load_value
 from .errors import Loc, dotted
 
 #: Pairs of keys of which one layer's choice replaces the other inherited from below.
@@ -49,19 +50,33 @@ def split_key(key: str) -> Loc:
     """``stages.stage1.mixture.0.weight`` -> ``('stages', 'stage1', 'mixture', 0, 'weight')``."""
     if not key or any(not part for part in key.split(".")):
         raise KeyIssue((), f"bad key {key!r}: expected dotted field names such as stages.stage1.steps")
-    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    # ASCII digits only: str.isdigit() also holds for '²' and other digits int() refuses.
+    return tuple(int(p) if p.isascii() and p.isdigit() else p for p in key.split("."))
 
 
 def parse_assignment(text: str) -> tuple[Loc, Any]:
-    """``'stages.stage1.steps=10'`` -> ``(('stages', 'stage1', 'steps'), 10)``; the value is YAML."""
+    """``'stages.stage1.steps=10'`` -> ``(('stages', 'stage1', 'steps'), 10)``; the value is YAML, read within
+    the bounds of :mod:`.bounded_yaml` (the item at most :data:`~.bounded_yaml.MAX_SET_BYTES` long)."""
+    origin = f"--set {shorten(text)!r}"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SET_BYTES:
+        raise KeyIssue((), f"{origin}: {size} bytes, more than the {MAX_SET_BYTES} a --set item may have")
     key, sep, value = text.partition("=")
     if not sep:
-        raise KeyIssue((), f"--set {text!r}: expected KEY=VALUE, e.g. stages.stage1.steps=10")
+        raise KeyIssue((), f"{origin}: expected KEY=VALUE, e.g. stages.stage1.steps=10")
+    loc = split_key(key.strip())
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as err:
-        raise KeyIssue((), f"--set {text!r}: the value is not valid YAML ({_first_line(err)})") from None
-    return split_key(key.strip()), parsed
+        parsed = load_value(value) if value.strip() else None
+    except YamlLimit as limit:
+        raise KeyIssue((), f"{origin}: the value is refused: {limit.message}") from None
+    except (yaml.YAMLError, ValueError, OverflowError) as err:
+        raise KeyIssue((), f"{origin}: the value is not valid YAML ({_first_line(err)})") from None
+    return loc, parsed
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (with ``...``), to quote a long ``--set`` item in a message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _first_line(err: Exception) -> str:
@@ -218,6 +233,7 @@ __all__ = [
     "model_at",
     "parse_assignment",
     "set_dotted",
+    "shorten",
     "split_key",
     "unwrap",
 ]

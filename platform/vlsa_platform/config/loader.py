@@ -3,7 +3,8 @@
 Every failure is a :class:`~.errors.ConfigError` whose lines say where (``file.yaml:LINE``, ``--set k=v`` or
 ``--scale tiny``) and which field (its dotted path). Line numbers come from the nodes ``yaml.compose`` builds;
 the loader keeps, for every key of the merged mapping, the place its value was last set, so an error in a
-value inherited through ``extends`` points into the file that wrote it.
+value inherited through ``extends`` points into the file that wrote it. Files and ``--set`` values are read
+within the bounds of :mod:`.bounded_yaml` (size, values with aliases expanded, nesting).
 
 ``--scale tiny`` (DESIGN.md §4) swaps in the tiny model preset (its sub-models pretrained by the platform on the
 synthetic data: ``model.tiny_weights``) and the bundled synthetic data, and keeps losses, sweep, ablation and
@@ -35,9 +36,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
+from .bounded_yaml import MAX_FILE_BYTES, BoundedLoader, YamlLimit, refused_character
 from .errors import ConfigError, Loc, dotted
 from .explain import explain
-from .keys import KeyIssue, check_key, deep_merge, parse_assignment, set_dotted
+from .keys import KeyIssue, check_key, deep_merge, parse_assignment, set_dotted, shorten
 from .schema import SYNTHETIC_DATASET, ExperimentConfig
 
 Scale = Literal["paper", "tiny"]
@@ -50,13 +52,13 @@ TINY_VALIDATION_DATASET = "synthetic_val"
 TINY_GLOBAL_BATCH = 2
 
 #: Optimizer steps of a stage that the file sizes in ``epochs``, at ``--scale tiny``.
-TINY_STAGE_STEPS = 16
+TINY_STAGE_STEPS = 8
 
 #: Held-out records each validation pass reads at ``--scale tiny``.
 TINY_VALIDATION_SAMPLES = 8
 
 #: Steps between validations at ``--scale tiny``.
-TINY_VALIDATION_EVERY = 8
+TINY_VALIDATION_EVERY = 4
 
 #: Every stage's ``lr.default`` at ``--scale tiny`` (its other parts' rates keep their ratio to it).
 TINY_LR = 1.0e-3
@@ -79,24 +81,29 @@ def _shown(path: Path) -> str:
 def read_yaml(text: str, shown: str) -> tuple[Any, Lines]:
     """Parse one YAML document with ``SafeLoader`` semantics; also return ``{key path: "file:LINE"}``.
 
-    Duplicate keys are an error (plain ``safe_load`` silently keeps the last one).
+    Duplicate keys are an error (plain ``safe_load`` silently keeps the last one), and so is a document past
+    the bounds of :mod:`.bounded_yaml` (values with aliases expanded, nesting), refused while it is composed.
     """
-    loader = yaml.SafeLoader(text)
     lines: Lines = {(): f"{shown}:1"}
     plain = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
 
-    def build(node: yaml.Node, loc: Loc, ancestors: tuple[int, ...]) -> Any:
+    def construct(node: yaml.Node, loc: Loc) -> Any:
+        try:
+            return loader.construct_object(node, deep=True)
+        except (ValueError, OverflowError) as err:  # a scalar its tag cannot hold: 2001-13-45, 5000 digits
+            raise ConfigError(f"{shown}:{node.start_mark.line + 1}: {dotted(loc)}: {err}") from None
+
+    def build(node: yaml.Node, loc: Loc) -> Any:
+        # The composer has refused aliases inside themselves and documents past the bounds, so this
+        # recursion is at most MAX_DEPTH deep and visits at most MAX_VALUES nodes.
         at = f"{shown}:{node.start_mark.line + 1}"
         if type(node) in plain and node.tag != plain[type(node)]:
             raise ConfigError(f"{at}: {dotted(loc)}: unsupported YAML tag {node.tag}")
-        if id(node) in ancestors:
-            raise ConfigError(f"{at}: {dotted(loc)}: a YAML alias that contains itself")
-        ancestors = (*ancestors, id(node))
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
+                key = construct(key_node, loc)
                 here = f"{shown}:{key_node.start_mark.line + 1}"
                 if not isinstance(key, str):
                     raise ConfigError(
@@ -106,19 +113,26 @@ def read_yaml(text: str, shown: str) -> tuple[Any, Lines]:
                 if key in out:
                     raise ConfigError(f"{here}: {dotted((*loc, key))}: duplicate key")
                 lines[(*loc, key)] = here
-                out[key] = build(value_node, (*loc, key), ancestors)
+                out[key] = build(value_node, (*loc, key))
             return out
         if isinstance(node, yaml.SequenceNode):
             items = []
             for i, item in enumerate(node.value):
                 lines[(*loc, i)] = f"{shown}:{item.start_mark.line + 1}"
-                items.append(build(item, (*loc, i), ancestors))
+                items.append(build(item, (*loc, i)))
             return items
-        return loader.construct_object(node, deep=True)
+        return construct(node, loc)
 
     try:
+        loader = BoundedLoader(text)
+    except yaml.reader.ReaderError as err:
+        line, what = refused_character(text, err)
+        raise ConfigError(f"{shown}:{line}: invalid YAML: {what}") from None
+    try:
         node = loader.get_single_node()
-        data = None if node is None else build(node, (), ())
+        data = None if node is None else build(node, ())
+    except YamlLimit as limit:
+        raise ConfigError(f"{shown}:{limit.line}: {dotted(limit.loc)}: {limit.message}") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -137,16 +151,35 @@ def _forget(lines: Lines, gone: Iterable[Loc]) -> Lines:
     return {loc: at for loc, at in lines.items() if not any(loc[: len(g)] == g for g in gone)}
 
 
+def _read_text(path: Path, shown: str) -> str:
+    """The file's text; refused past :data:`~.bounded_yaml.MAX_FILE_BYTES` without reading further."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: no such experiment file") from None
+    except OSError as err:
+        raise ConfigError(f"{shown}: cannot read: {err}") from None
+    if len(data) > MAX_FILE_BYTES:
+        line = data.count(b"\n", 0, MAX_FILE_BYTES) + 1
+        raise ConfigError(
+            f"{shown}:{line}: the file passes {MAX_FILE_BYTES // 1024} KiB here, the most an experiment file "
+            "may hold (a real one is a few KB)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{shown}:{line}: cannot read: not UTF-8 ({err.reason} at byte {err.start})"
+        ) from None
+
+
 def _read_chain(
     path: Path, shown: str, chain: tuple[Path, ...] = ()
 ) -> tuple[dict[str, Any], Lines, Path | None]:
     """The file merged over everything it ``extends`` (transitively); also its parent's absolute path."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{shown}: no such experiment file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{shown}: cannot read: {err}") from None
+    text = _read_text(path, shown)
     data, lines = read_yaml(text, shown)
     if data is None:
         raise ConfigError(
@@ -191,7 +224,9 @@ def _tiny_lr(stage: dict[str, Any], loc: Loc, put: Any) -> None:
     if not isinstance(lrs, dict):
         return
     default = lrs.get("default")
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in lrs.values() if v is not None)
+    numbers = all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in lrs.values() if v is not None
+    )
     if not numbers or not isinstance(default, int | float) or default <= 0:
         return
     factor = TINY_LR / default
@@ -279,7 +314,7 @@ def apply_scale(raw: dict[str, Any], lines: Lines, scale: Scale) -> None:
 def apply_overrides(raw: dict[str, Any], lines: Lines, overrides: Iterable[str]) -> None:
     """Apply ``--set key=value`` items to ``raw`` in place (values are YAML: ``10`` is an int, ``off`` False)."""
     for item in overrides:
-        origin = f"--set {item}"
+        origin = f"--set {shorten(item)}"
         try:
             loc, value = parse_assignment(item)
             check_key(ExperimentConfig, raw, loc)

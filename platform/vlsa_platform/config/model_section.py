@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from .errors import FieldIssue
-from .vocabulary import LLAMA_LINEARS, AttnImplementation, Preset, Section, VisionMode, recon_needs_sa
+from .vocabulary import LLAMA_LINEARS, AttnImplementation, Count, Preset, Section, VisionMode, recon_needs_sa
 
 #: ``(rows, cols)`` tile grids an image may be cut into by default: LLaVA-NeXT's ``image_grid_pinpoints``
 #: (336x672, 672x336, 672x672, 1008x336, 336x1008 at 336 px tiles) plus 1x1, so that an image that fits one
@@ -41,9 +41,9 @@ class LoraConfig(Section):
 
     enabled: bool = False
     """Train LoRA adapters instead of the full LLM (the paper trains it fully in stage 3)."""
-    r: PositiveInt = 16
+    r: Count = 16
     """Adapter rank."""
-    alpha: PositiveInt = 32
+    alpha: Count = 32
     """``lora_alpha``; the update is scaled by ``alpha / r``."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     """Dropout on the adapter input."""
@@ -63,14 +63,14 @@ class ModelConfig(Section):
     """Reconstructive training (Epigone + SD3 MMDiT + frozen VAE, L_rec); needs ``vision: sa_perceiver``."""
     cognition: bool = True
     """Cognition-alignment turns (VQ codebook indices and pixel values) inserted into the training conversations."""
-    grid_pinpoints: list[tuple[PositiveInt, PositiveInt]] = Field(
+    grid_pinpoints: list[tuple[Count, Count]] = Field(
         default_factory=lambda: list(DEFAULT_GRID_PINPOINTS), min_length=1
     )
     """``[rows, cols]`` grids of hi-res tiles an image may be cut into, as LLaVA-NeXT's ``image_grid_pinpoints``:
     each image gets the grid that keeps most of it with the least padding (``select_best_resolution``), and is
     shrunk to fit only when larger than every grid. Default: 1x1, 1x2, 2x1, 2x2, 1x3, 3x1 (LLaVA-NeXT's list plus
     1x1). The largest grid sets the ``anyres`` token count the plan shows (2928 for 2x2 at paper scale)."""
-    recon_resolution: PositiveInt | None = None
+    recon_resolution: Count | None = None
     """Side in pixels of the image the VAE encodes for L_rec; a multiple of 16 (the VAE downsamples by 8 and the
     MMDiT patchifies by 2). ``null`` = the preset's default (512 for ``paper``)."""
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 
 from .keys import OPEN_MAPPING
-from .vocabulary import AcceleratorName, Section
+from .vocabulary import MAX_COUNT, AcceleratorName, Count, Section, Steps
 
 
 class AcceleratorSpec(Section):
@@ -36,12 +36,12 @@ class TrackingConfig(Section):
 
     tracking_uri: str | None = None
     """MLflow tracking URI; ``null`` = ``$MLFLOW_TRACKING_URI``, else a local SQLite store in the work directory."""
-    log_every: PositiveInt = 10
+    log_every: Steps = 10
     """Log training metrics every this many optimizer steps."""
-    recon_every: PositiveInt | None = 500
+    recon_every: Steps | None = 500
     """Log a reconstruction panel (ground truth beside the decoded denoised latent, PNG) every this many
     optimizer steps, at the first micro-batch with images from then on; ``null`` = never. Needs ``model.recon``."""
-    recon_samples: PositiveInt = 2
+    recon_samples: Count = 2
     """Images per reconstruction panel (at most the micro-batch's)."""
 
 
@@ -50,10 +50,10 @@ class StorageConfig(Section):
 
     path: str | None = None
     """A local directory or ``s3://bucket/prefix``; ``null`` = a folder under the local work directory."""
-    keep_checkpoints: PositiveInt = 2
+    keep_checkpoints: Count = 2
     """Checkpoints kept besides every stage's final one (the newest; Ray Train's ``CheckpointConfig``): the
     final checkpoint of each stage stays, as the next stage starts from its export."""
-    max_failures: Annotated[int, Field(ge=-1)] = 3
+    max_failures: Annotated[int, Field(ge=-1, le=MAX_COUNT)] = 3
     """Worker failures a stage survives by restarting its workers from the latest checkpoint (Ray Train's
     ``FailureConfig``); ``-1`` = no limit, ``0`` = the first failure ends the run."""
     share_prefixes: bool = True

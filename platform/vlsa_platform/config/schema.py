@@ -59,6 +59,7 @@ from .vocabulary import (
     TRAINABLE_PARTS,
     Name,
     Section,
+    Seed,
     derive_grad_accum,
     parse_sampling,
     parts_present,
@@ -74,7 +75,7 @@ class ExperimentConfig(Section):
     """MLflow experiment name."""
     description: str = ""
     """Free text (logged with the parent run)."""
-    seed: int = 0
+    seed: Seed = 0
     """Base random seed (data sampling, cognition turns, initialisation of new modules)."""
     extends: str | None = Field(default=None, exclude=True)
     """Path of another experiment file (relative to this one) that this file is laid over: mappings merge

@@ -15,14 +15,22 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     PositiveFloat,
-    PositiveInt,
     field_validator,
     model_validator,
 )
 
 from .data_section import MixtureEntry
 from .errors import FieldIssue
-from .vocabulary import TRAINABLE_PARTS, PartOrAll, Section, derive_grad_accum
+from .vocabulary import (
+    MAX_STEPS,
+    TRAINABLE_PARTS,
+    BatchSize,
+    PartOrAll,
+    Section,
+    Steps,
+    Workers,
+    derive_grad_accum,
+)
 
 
 class ScheduleConfig(Section):
@@ -154,18 +162,18 @@ class Placement(Section):
     """Ray accelerator type of the workers (``A10G``, ``A100-80G``, ``H100``...); ``null`` = any (or CPU)."""
     use_gpu: bool | None = None
     """Workers use a GPU; ``null`` = yes exactly when ``accelerator_type`` is set."""
-    num_workers: PositiveInt = 1
+    num_workers: Workers = 1
     """Data-parallel workers (one GPU each)."""
     zero_stage: Literal[0, 1, 2, 3] | None = None
     """DeepSpeed ZeRO stage; ``null`` = derived from the memory the stage needs (2 on CPU)."""
     offload: Literal["none", "optimizer", "optimizer_and_params"] | None = None
     """DeepSpeed CPU offload; ``null`` = derived (``none`` unless nothing fits without it). Parameter offload
     needs ZeRO-3, optimizer offload ZeRO >= 1."""
-    micro_batch: PositiveInt | None = None
+    micro_batch: BatchSize | None = None
     """Samples per worker per forward pass; ``null`` = the largest power of two that fits (1 on CPU)."""
-    grad_accum: PositiveInt | None = None
+    grad_accum: BatchSize | None = None
     """Gradient-accumulation steps; ``null`` = derived from the other three."""
-    global_batch: PositiveInt
+    global_batch: BatchSize
     """Samples per optimizer step over all workers."""
 
     @model_validator(mode="after")
@@ -194,9 +202,9 @@ class StageConfig(Section):
 
     trainable: list[PartOrAll] = Field(min_length=1)
     """Parts to train (``all`` = every part); parts a variant lacks are skipped (e.g. ``sa_perceiver`` in anyres)."""
-    steps: PositiveInt | None = None
+    steps: Steps | None = None
     """Optimizer steps; give either this or ``epochs``."""
-    epochs: PositiveFloat | None = None
+    epochs: Annotated[float, Field(gt=0.0, le=MAX_STEPS)] | None = None
     """Passes over the stage's mixture; give either this or ``steps``."""
     lr: LearningRates
     """Peak learning rates per part group."""
@@ -214,7 +222,7 @@ class StageConfig(Section):
     """Training data: a list of entries, or the name of one of ``data.mixtures``."""
     placement: Placement
     """Workers, batch sizes and DeepSpeed settings."""
-    checkpoint_every: PositiveInt | None = None
+    checkpoint_every: Steps | None = None
     """Save a checkpoint every this many steps; ``null`` = at the end of the stage only."""
 
     @field_validator("trainable", mode="before")

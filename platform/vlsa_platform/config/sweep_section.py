@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from .errors import FieldIssue
-from .vocabulary import METRICS, Name, Section, VisionMode
+from .vocabulary import METRICS, Count, Name, Section, Steps, VisionMode, Workers
 
 SEED_KEY = "seed"
 """The config field (and flattened MLflow param) a sweep's seed repeats set, and the Tune trial parameter that
@@ -92,16 +92,16 @@ class SchedulerConfig(Section):
     """``fifo``: run every trial to the end; ``asha``: stop the worse trials early (Ray Tune ASHA)."""
     rungs: RungsConfig = Field(default_factory=RungsConfig)
     """ASHA: where it may compare trials (the stage its clock starts in, and what counts as a tick)."""
-    grace_period: PositiveInt = 1
+    grace_period: Steps = 1
     """ASHA: rung points (counted from ``rungs.from_stage``) a trial passes before it may be stopped: the
     first rung; the k-th is at ``grace_period x reduction_factor^k`` of them."""
     reduction_factor: Annotated[float, Field(gt=1.0)] = 3.0
     """ASHA: 1 / fraction of trials promoted at each rung."""
-    max_t: PositiveInt | None = None
+    max_t: Steps | None = None
     """ASHA: where its rungs end, in rung points (none past it); ``null`` = one less than a trial passes
     (derived from the stages' lengths: a rung at the trial's last report would stop a trial whose work is
     done)."""
-    brackets: PositiveInt = 1
+    brackets: Count = 1
     """ASHA: number of brackets."""
 
 
@@ -113,9 +113,9 @@ class SweepConfig(Section):
     algorithm: Literal["grid", "random", "optuna"] = "grid"
     """``grid``: every combination (all domains must be ``grid``); ``random``: ``num_samples`` random draws;
     ``optuna``: ``num_samples`` trials proposed by Optuna's TPE (no ``grid`` domains)."""
-    num_samples: PositiveInt = 1
+    num_samples: Count = 1
     """``grid``: repeats of each grid point; otherwise the number of trials."""
-    seeds: PositiveInt = 1
+    seeds: Count = 1
     """Seeds each setting runs with: the experiment's ``seed``, ``seed + 1``, ..., ``seed + seeds - 1`` (each
     a trial; ``grid`` only when above 1). The report shows each setting's mean and spread over its seeds."""
     metric: str = "val/loss_llm"
@@ -124,7 +124,7 @@ class SweepConfig(Section):
     """Whether lower or higher ``metric`` is better."""
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     """Early stopping of trials."""
-    max_concurrent_trials: PositiveInt | None = None
+    max_concurrent_trials: Workers | None = None
     """Trials running at once; ``null`` = as many as the cluster fits."""
 
     @field_validator("metric")

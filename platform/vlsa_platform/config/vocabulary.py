@@ -64,6 +64,42 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
 AcceleratorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
+# Upper bounds of the schema's integer fields: far above anything a real run needs, low enough that a typo
+# (an extra zero run, 10**30) is refused by ``validate`` instead of reaching Ray, DeepSpeed or the plan's
+# arithmetic. Float fields need no such list: :class:`Section` refuses inf and NaN in every one of them.
+
+#: Most samples in one optimizer step or forward pass (``global_batch``, ``micro_batch``, ``grad_accum``,
+#: validation decoding batches): 2**24, about 16.8 M; the largest published LLM batches are a few thousand
+#: sequences (4 M tokens).
+MAX_BATCH = 2**24
+
+#: Most optimizer steps of a stage, and the longest interval counted in steps (``steps``, ``every_steps``,
+#: ``checkpoint_every``, ``log_every``, ASHA's ``max_t``...); also the most ``epochs``, as an epoch is at
+#: least one step: 10**8 (LLaMA's pretraining took about 10**6 steps).
+MAX_STEPS = 10**8
+
+#: Most workers or processes (``num_workers``, ``loader_workers``, ``max_concurrent_trials``): 2**16, more
+#: GPUs than any single Ray cluster this platform runs on.
+MAX_WORKERS = 2**16
+
+#: Most records of one dataset (``num_samples``): 10**12 (LAION-5B holds 5.9 * 10**9 image-text pairs).
+MAX_RECORDS = 10**12
+
+#: Every other count or size (``max_length`` in tokens, LoRA rank, image sides in pixels, tile grids,
+#: cognition windows, checkpoints kept, failures, sweep samples and seeds...): 2**20, about a million.
+MAX_COUNT = 2**20
+
+#: Largest ``seed``: 2**31 - 1. NumPy and Ray Tune take seeds in [0, 2**32), and a sweep's seed repeats add up
+#: to ``MAX_COUNT`` to it.
+MAX_SEED = 2**31 - 1
+
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)]
+Steps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
+Workers = Annotated[int, Field(gt=0, le=MAX_WORKERS)]
+Records = Annotated[int, Field(gt=0, le=MAX_RECORDS)]
+Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
 _SAMPLING = re.compile(r"^(?:all|(first|random):(?:(\d+)|(\d+(?:\.\d+)?)%))$")
 
 
@@ -145,14 +181,21 @@ def derive_grad_accum(global_batch: int, micro_batch: int, num_workers: int, gra
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors; attribute docstrings become field descriptions."""
+    """Base of every section: unknown keys are errors; attribute docstrings become field descriptions; every
+    float field is finite (YAML's ``.inf``, ``.nan`` and ``1e999`` are refused)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 __all__ = [
     "ATTN_IMPLEMENTATIONS",
     "LLAMA_LINEARS",
+    "MAX_BATCH",
+    "MAX_COUNT",
+    "MAX_RECORDS",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "MAX_WORKERS",
     "METRICS",
     "PRESETS",
     "SYNTHETIC_DATASET",
@@ -160,14 +203,20 @@ __all__ = [
     "VISION_MODES",
     "AcceleratorName",
     "AttnImplementation",
+    "BatchSize",
+    "Count",
     "Fraction",
     "Name",
     "Part",
     "PartOrAll",
     "Preset",
+    "Records",
     "Sampling",
     "Section",
+    "Seed",
+    "Steps",
     "VisionMode",
+    "Workers",
     "derive_grad_accum",
     "parse_sampling",
     "parts_present",

@@ -98,7 +98,9 @@ def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VL
         from .tiny_pretrain import tiny_sources
 
         sources = tiny_sources()
-        model = build_from_pretrained(vlsa, {p: s for p, s in sources.items() if vlsa.recon or p not in ("vae", "denoiser")})
+        model = build_from_pretrained(
+            vlsa, {p: s for p, s in sources.items() if vlsa.recon or p not in ("vae", "denoiser")}
+        )
     elif config.model.preset == "tiny" or init_from is not None:
         model = VLSAForConditionalGeneration(vlsa)
     else:

@@ -67,9 +67,13 @@ class PretrainSettings:
         default_factory=lambda: {"llm": 100, "vae": 60, "vision_encoder": 100, "denoiser": 0}
     )
     """Optimizer steps per part; a part with 0 steps is left out (no folder, random weights downstream)."""
-    batch: dict[str, int] = field(default_factory=lambda: {"llm": 16, "vae": 8, "vision_encoder": 16, "denoiser": 16})
+    batch: dict[str, int] = field(
+        default_factory=lambda: {"llm": 16, "vae": 8, "vision_encoder": 16, "denoiser": 16}
+    )
     """Samples per step, per part."""
-    lr: dict[str, float] = field(default_factory=lambda: {"llm": 3e-3, "vae": 2e-3, "vision_encoder": 2e-3, "denoiser": 2e-3})
+    lr: dict[str, float] = field(
+        default_factory=lambda: {"llm": 3e-3, "vae": 2e-3, "vision_encoder": 2e-3, "denoiser": 2e-3}
+    )
     """AdamW learning rate per part (constant after 10 % linear warm-up)."""
     kl_weight: float = 1e-4
     """Weight of the VAE's KL term (per latent element) against its per-pixel MSE."""

@@ -113,7 +113,9 @@ def _collect(
     children = tuple(_child(client, run, keys, history) for run in runs)
 
     all_keys = sorted({key for child in children for key in child.params})
-    varied = tuple(key for key in all_keys if len({c.params.get(key) for c in children}) > 1)
+    varied = _distinct_columns(
+        tuple(key for key in all_keys if len({c.params.get(key) for c in children}) > 1), children
+    )
 
     report = Report(
         experiment=experiment,
@@ -129,6 +131,19 @@ def _collect(
         best_run_id=None,
     )
     return dataclasses.replace(report, best_run_id=report.starred_run_id())
+
+
+def _distinct_columns(keys: tuple[str, ...], children: tuple[ChildRun, ...]) -> tuple[str, ...]:
+    """``keys`` less those whose value in every child repeats an earlier key's (a top-level ``loss.rec_weight``
+    is also logged as each stage's resolved ``stages.<stage>.loss.rec_weight``: one column, one plot)."""
+    kept: list[str] = []
+    seen: set[tuple[str | None, ...]] = set()
+    for key in keys:
+        values = tuple(c.params.get(key) for c in children)
+        if values not in seen:
+            seen.add(values)
+            kept.append(key)
+    return tuple(kept)
 
 
 def _objective(
