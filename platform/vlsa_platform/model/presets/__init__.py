@@ -5,8 +5,9 @@
 README there), so that planning and ``meta``-device construction need no network. Weights are loaded from a hub
 id or a local path only when training (``model/pretrained.py``).
 
-``tiny``: the same classes with 2-layer, width-32/64 configs, random weights and the tokenizer bundled in
-``tiny/tokenizer`` (built locally, LLaMA-3's special tokens and chat template); it trains on a CPU in seconds.
+``tiny``: the same classes with 2-layer, width-32/64 configs and the tokenizer bundled in ``tiny/tokenizer``
+(built locally, LLaMA-3's special tokens and chat template); it trains on a CPU in seconds. ``tiny/pretrained``
+holds the weights ``train/tiny_pretrain.py`` made for its LLM, vision tower and VAE (``model.tiny_weights``).
 """
 
 from __future__ import annotations
