@@ -15,10 +15,11 @@ losses, as the upstream projects pretrain them:
   default (0 steps, docs/model.md says why).
 
 The weights ship with the package (``model/presets/tiny/pretrained``, about 2 MB) together with the key they
-were built for. The key is the SHA-256 of the sub-models' configs, the dataset's content (``train.json``,
-``val.json`` and every image's bytes), :data:`RECIPE_VERSION`, the settings (steps, batch, learning rates,
-seed) and torch's version. When the bundled key is not the current one (the synthetic data or a tiny config
-changed), the weights are built again on first use into ``<cache root>/tiny-pretrained-<key>`` (cache root:
+were built for. The key is the SHA-256 of the sub-models' configs as the preset writes them, the image
+geometry, the dataset's content (``train.json``, ``val.json`` and every image's decoded pixels),
+:data:`RECIPE_VERSION`, the settings (steps, batch, learning rates, seed) and torch's version (a new
+transformers or diffusers keeps it). When the bundled key is not the current one (the synthetic data or a tiny
+config changed), the weights are built again on first use into ``<cache root>/tiny-pretrained-<key>`` (cache root:
 ``$VLSA_CACHE_DIR`` or ``~/.cache/vlsa-platform``; concurrent workers race safely: each writes a temporary
 folder, the first rename wins) and a test fails until the bundle is rebuilt with
 ``python -m vlsa_platform.train.tiny_pretrain --bundle``. Plain ``python -m vlsa_platform.train.tiny_pretrain``
@@ -113,19 +114,20 @@ def dataset_digest(root: str | os.PathLike[str]) -> str:
 
 
 def cache_key(config: VLSAConfig, data_digest: str, settings: PretrainSettings) -> str:
-    """SHA-256 of what the pretrained weights depend on: configs, data, the recipe's version, its settings."""
+    """SHA-256 of what the pretrained weights depend on: the sub-model configs as the preset writes them (not
+    as a library version expands them: a new transformers keeps the key), the image geometry, the data, the
+    recipe's version and settings, torch's version."""
+    from ..model.presets import tiny_configs
+
     payload = {
-        "text_config": config.text_config.to_dict(),
-        "vision_config": config.vision_config.to_dict(),
-        "vae_config": config.vae_config,
+        "configs": tiny_configs(),
         "recon_resolution": config.recon_resolution,
         "grid_pinpoints": config.grid_pinpoints,
         "image_mean": config.image_mean,
         "image_std": config.image_std,
+        "vision_feature_layer": config.vision_feature_layer,
         "data": data_digest,
         "recipe": RECIPE_VERSION,
-        "denoiser_config": config.denoiser_config,
-        "scheduler_config": config.scheduler_config,
         "settings": asdict(settings),
         "torch": torch.__version__.split("+")[0],
     }

@@ -109,6 +109,12 @@ def _tiny_configs() -> dict[str, Any]:
     }
 
 
+def tiny_configs() -> dict[str, Any]:
+    """The tiny preset's sub-model configs as written here (plain dicts, before any library fills in its
+    defaults): what content-addresses the tiny preset's pretrained weights (``train.tiny_pretrain``)."""
+    return _tiny_configs()
+
+
 def vq_config(preset: str) -> dict[str, Any]:
     """The frozen VQ-VAE whose codebook indices are the cognition targets (diffusers ``VQModel`` config)."""
     if preset == "paper":
@@ -196,4 +202,4 @@ def build_vlsa_config(
     )
 
 
-__all__ = ["PAPER_SOURCES", "build_vlsa_config", "vq_config"]
+__all__ = ["PAPER_SOURCES", "build_vlsa_config", "tiny_configs", "vq_config"]
