@@ -23,6 +23,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
             tokenizer=None if args.tokenizer == "none" else args.tokenizer,
             max_pixels=args.max_pixels,
             workers=args.workers,
+            allow_absolute_paths=args.allow_absolute_paths,
         )
     except DatasetError as err:
         print(f"vlsa-platform data inspect: {err}", file=sys.stderr)
@@ -70,6 +71,12 @@ def add_verb(verbs: Any) -> None:
     )
     inspect.add_argument(
         "--workers", type=int, default=None, help="threads opening images (default 4 per CPU)"
+    )
+    inspect.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="read image paths that are absolute or s3:// URLs (a dataset's allow_absolute_paths); default: "
+        "skip them as absolute_image_path. Paths leading out of the image root are skipped either way",
     )
     inspect.add_argument("--json", action="store_true", help="print one JSON object with the same numbers")
     inspect.set_defaults(func=cmd_data_inspect)

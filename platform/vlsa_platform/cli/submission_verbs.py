@@ -285,6 +285,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 ]
             )
         print_rows(rows)
+        for trial in trials:  # why each failed trial failed (e.g. a stage that diverged)
+            if trial["status"] == "failed" and trial.get("error"):
+                print(f"{trial['name']} failed: {trial['error'].strip().splitlines()[-1]}")
     return EXIT_OK
 
 

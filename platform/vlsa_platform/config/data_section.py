@@ -38,6 +38,11 @@ class DatasetConfig(Section):
     """Name of a split inside the source, for sources that hold several; ``null`` = the whole file."""
     num_samples: Records | None = None
     """Number of records, if known: lets the plan turn ``epochs`` into steps without reading the data."""
+    allow_absolute_paths: bool = False
+    """Let records name their image by an absolute local path or an ``s3://`` URL (read as written), and follow
+    symlinks out of ``image_root`` (a root assembled from links to folders elsewhere needs it); off = such
+    records are skipped as ``absolute_image_path`` / ``image_outside_root``. A relative path's ``..`` may not lead
+    above ``image_root`` either way (docs/data.md, "Containment")."""
 
     @field_validator("path", "image_root")
     @classmethod

@@ -1,11 +1,11 @@
-"""The ``cluster``, ``tracking`` and ``storage`` sections: what the planner knows of the accelerators, the MLflow
-settings, and where checkpoints and artifacts go."""
+"""The ``cluster``, ``tracking``, ``storage`` and ``training`` sections: what the planner knows of the
+accelerators, the MLflow settings, where checkpoints and artifacts go, and what a diverging run does."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat
+from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
 from .keys import OPEN_MAPPING
 from .vocabulary import MAX_COUNT, AcceleratorName, Count, Section, Steps
@@ -64,9 +64,47 @@ class StorageConfig(Section):
     count. ``false`` = every run trains every stage."""
 
 
+NONFINITE_ACTIONS_NOT_BUILT = {
+    "rollback": "rolling back to the last good checkpoint with a lower learning rate is not built yet; "
+    "use action: stop (the run fails with the reason, its last good checkpoint intact) and re-launch with a "
+    "lower learning rate",
+}
+"""``training.on_nonfinite.action`` values the issue names but the platform does not implement (refused)."""
+
+
+class NonFiniteConfig(Section):
+    """What a run does when its loss keeps being non-finite (NaN or infinite): each such micro-batch is skipped
+    on every rank (no backward, no step, counted as ``train/skipped_nonfinite``); this many in a row end it."""
+
+    skip_limit: Count = 20
+    """Consecutive micro-batches with a non-finite loss after which the stage gives up (``action``); a finite
+    micro-batch resets the count, so isolated bad batches are only skipped."""
+    action: Literal["stop"] = "stop"
+    """``stop``: the stage fails with the reason (its stage, step, count and last good checkpoint: one a finite
+    loss followed; MLflow tag ``vlsa.failure``), the run ends ``FAILED``, and nothing is written on the way out.
+    (``rollback`` is not built and is refused.)"""
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _not_built(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in NONFINITE_ACTIONS_NOT_BUILT:
+            raise ValueError(f"{value!r} is not supported: {NONFINITE_ACTIONS_NOT_BUILT[value]}")
+        return value
+
+
+class TrainingConfig(Section):
+    """Run-wide training behaviour (the same for every stage)."""
+
+    on_nonfinite: NonFiniteConfig = Field(default_factory=NonFiniteConfig)
+    """The divergence policy: how many non-finite micro-batches in a row a stage skips, and what then."""
+
+
 __all__ = [
+    "NONFINITE_ACTIONS_NOT_BUILT",
     "AcceleratorSpec",
     "ClusterConfig",
+    "NonFiniteConfig",
     "StorageConfig",
     "TrackingConfig",
+    "TrainingConfig",
 ]

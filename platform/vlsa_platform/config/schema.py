@@ -13,7 +13,7 @@ so importers need only ``vlsa_platform.config.schema``. The sections live beside
 - :mod:`.model_section` — ``model``; :mod:`.data_section` — ``data``;
 - :mod:`.stage_section` — ``stages`` and ``loss`` (placement, learning rates, ``EffectiveLoss``);
 - :mod:`.sweep_section` — ``sweep`` and ``ablation``; :mod:`.runtime_section` — ``cluster``, ``tracking``,
-  ``storage``.
+  ``storage``, ``training``.
 
 Checks that span several sections (dataset names used by stages exist, ``recon`` needs the SA-Perceiver in
 every variant, a stage trains at least one part in every variant, sweep keys name real fields...) live in the
@@ -41,7 +41,14 @@ from .errors import ConfigError, FieldIssue, Loc, dotted
 from .explain import explain, problem
 from .keys import KeyIssue, check_key, set_dotted, split_key
 from .model_section import LoraConfig, ModelConfig, ModelWeights
-from .runtime_section import AcceleratorSpec, ClusterConfig, StorageConfig, TrackingConfig
+from .runtime_section import (
+    AcceleratorSpec,
+    ClusterConfig,
+    NonFiniteConfig,
+    StorageConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
 from .stage_section import (
     EffectiveLoss,
     LearningRates,
@@ -94,6 +101,8 @@ class ExperimentConfig(Section):
     """MLflow settings."""
     storage: StorageConfig = Field(default_factory=StorageConfig)
     """Checkpoint and artifact storage."""
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """Run-wide training behaviour: the divergence policy (``training.on_nonfinite``)."""
     sweep: SweepConfig | None = None
     """A hyper-parameter search (at most one of ``sweep`` and ``ablation``)."""
     ablation: AblationConfig | None = None
@@ -506,6 +515,7 @@ __all__ = [
     "MixtureEntry",
     "ModelConfig",
     "ModelWeights",
+    "NonFiniteConfig",
     "Placement",
     "ScheduleConfig",
     "SchedulerConfig",
@@ -514,6 +524,7 @@ __all__ = [
     "StorageConfig",
     "SweepConfig",
     "TrackingConfig",
+    "TrainingConfig",
     "ValidationCognition",
     "ValidationSet",
     "VariantConfig",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -43,8 +43,9 @@ from .records import DEFAULT_MAX_PIXELS, image_location, load_image
 from .targets import file_digest
 from .types import BadSample, Record, Skip, Turn
 
-#: ``(image_root, relative_path, max_pixels) -> RGB image``, raising ``BadSample`` (``records.load_image``).
-ImageLoader = Callable[[str, str, int], Image.Image]
+#: ``(image_root, relative_path, max_pixels) -> RGB image``, raising ``BadSample`` (``records.load_image``); for
+#: datasets that allow absolute image paths it is also passed ``allow_absolute=True``.
+ImageLoader = Callable[..., Image.Image]
 
 #: ``(record, image, epoch) -> the conversation with cognition turns inserted`` (``cognition.py``).
 CognitionHook = Callable[[Record, Image.Image, int], Sequence[Turn]]
@@ -116,6 +117,9 @@ class VLSADataset(Dataset):
             vocabulary).
         config: the model config (vision geometry, ``recon``, ``recon_resolution``).
         image_roots: dataset name -> directory (local or ``s3://``) its records' image paths are relative to.
+        absolute_paths: names of the datasets whose records may name an absolute image path or ``s3://`` URL
+            (``allow_absolute_paths``; the loader is then called with ``allow_absolute=True``); other datasets'
+            are ``absolute_image_path``.
         max_length: longest sample in tokens, visual tokens included.
         cognition: the cognition hook, or ``None`` for no cognition turns; text-only samples never get them.
         latent_cache: cached VAE latent parameters (used when every image of a batch has them), or ``None``.
@@ -135,6 +139,7 @@ class VLSADataset(Dataset):
         config: VLSAConfig,
         image_roots: Mapping[str, str],
         max_length: int,
+        absolute_paths: Collection[str] = (),
         cognition: CognitionHook | None = None,
         latent_cache: LatentCache | None = None,
         on_bad_sample: Literal["skip", "fail"] = "skip",
@@ -148,6 +153,7 @@ class VLSADataset(Dataset):
         self.records = records
         self.config = config
         self.image_roots = dict(image_roots)
+        self.absolute_paths = frozenset(absolute_paths)
         self.max_length = max_length
         self.cognition = cognition
         self.latent_cache = latent_cache
@@ -217,7 +223,10 @@ class VLSADataset(Dataset):
         inputs, latent = None, None
         if record.image is not None:
             root = self._image_root(record)
-            image = self.image_loader(root, record.image, self.max_pixels)
+            if record.dataset in self.absolute_paths:
+                image = self.image_loader(root, record.image, self.max_pixels, allow_absolute=True)
+            else:
+                image = self.image_loader(root, record.image, self.max_pixels)
             inputs = prepare_image(image, self.config)
             if self.cognition is not None:
                 turns = self.cognition(record, image, self.epoch)

@@ -29,8 +29,8 @@ from .records import (
     DatasetError,
     check_image,
     default_image_root,
-    image_location,
     read_records,
+    resolve_image,
 )
 from .types import SKIP_REASONS, BadSample, Record, Skip
 
@@ -224,6 +224,7 @@ def inspect_dataset(
     workers: int | None = None,
     check_images: bool = True,
     examples: int = 3,
+    allow_absolute_paths: bool = False,
 ) -> InspectReport:
     """Inspect a dataset file or a folder of them.
 
@@ -235,6 +236,8 @@ def inspect_dataset(
         workers: threads that open images (default: 4 per CPU, at most 32).
         check_images: open every image (``False``: records only).
         examples: how many skipped samples to show per reason.
+        allow_absolute_paths: admit absolute image paths and ``s3://`` URLs (the dataset spec's field); off:
+            they are ``absolute_image_path``. Paths leading out of the image root are skipped either way.
 
     Raises:
         DatasetError: ``path`` names nothing readable (a file that does not parse is reported, not raised).
@@ -256,7 +259,7 @@ def inspect_dataset(
             entry = FileReport(path=file, image_root=root)
             report.files.append(entry)
             try:
-                records, bad = read_records(file, on_bad="skip")
+                records, bad = read_records(file, on_bad="skip", allow_absolute_paths=allow_absolute_paths)
             except (DatasetError, OSError) as err:
                 entry.error = str(err)
                 continue
@@ -265,7 +268,9 @@ def inspect_dataset(
                 skips.note(skip, file)
             good = records
             if check_images:
-                good = _with_good_images(records, root, file, pool, max_pixels, report, skips)
+                good = _with_good_images(
+                    records, root, file, pool, max_pixels, report, skips, allow_absolute_paths
+                )
             entry.usable = len(good)
             entry.skipped = entry.samples_read - entry.usable
             usable.extend(good)
@@ -304,16 +309,28 @@ def _with_good_images(
     max_pixels: int,
     report: InspectReport,
     skips: _Skips,
+    allow_absolute: bool,
 ) -> list[Record]:
-    """The records whose image (if any) opens within the pixel limit; each distinct image is opened once (in
-    ``pool``) and counted in ``report``, and every record whose image fails is noted in ``skips``."""
-    locations = sorted({image_location(root, r.image) for r in records if r.image is not None})
-    errors = dict(zip(locations, pool.map(lambda loc: _check(loc, max_pixels), locations), strict=True))
+    """The records whose image (if any) stays inside ``root`` and opens within the pixel limit; each distinct
+    image is opened once (in ``pool``) and counted in ``report``, and every record whose image fails is noted in
+    ``skips`` (one outside the root is never opened, nor counted as checked)."""
+    where: dict[int, str | BadSample] = {}
+    for i, r in enumerate(records):
+        if r.image is not None:
+            try:
+                where[i] = resolve_image(root, r.image, allow_absolute=allow_absolute)
+            except BadSample as err:
+                where[i] = err
+    locations = sorted({loc for loc in where.values() if isinstance(loc, str)})
+    errors: dict[str, BadSample | None] = dict(
+        zip(locations, pool.map(lambda loc: _check(loc, max_pixels), locations), strict=True)
+    )
     report.images_checked += len(locations)
     report.images_bad += sum(e is not None for e in errors.values())
     good = []
-    for r in records:
-        err = errors.get(image_location(root, r.image)) if r.image is not None else None
+    for i, r in enumerate(records):
+        loc = where.get(i)
+        err = errors[loc] if isinstance(loc, str) else loc
         if err is None:
             good.append(r)
         else:
@@ -323,7 +340,7 @@ def _with_good_images(
 
 def _check(location: str, max_pixels: int) -> BadSample | None:
     try:
-        check_image(None, location, max_pixels)
+        check_image(None, location, max_pixels, allow_absolute=True)  # resolved (and admitted) already
     except BadSample as err:
         return err
     return None

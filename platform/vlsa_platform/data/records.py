@@ -10,6 +10,11 @@ A dataset is a JSON list of records or a JSON Lines file (one record per line), 
 - ``image`` is optional (text-only records have none) and relative to the dataset's image root (sub-folders
   allowed); the ``<image>`` placeholder stands once, anywhere in the first user turn, and stays where it is.
 
+Containment: an image path stays inside its image root. ``..`` leading out, an absolute path or ``s3://`` URL
+(unless the dataset sets ``allow_absolute_paths``), a symlink resolving outside the root, a directory, device,
+FIFO or socket, and a file over :data:`MAX_IMAGE_BYTES` are skipped with a reason each, never read
+(``docs/data.md``, "Containment").
+
 :func:`read_records` normalises records to :class:`~vlsa_platform.data.types.Record` and turns each bad one
 into a :class:`~vlsa_platform.data.types.Skip` (``on_bad="skip"``) or raises
 :class:`~vlsa_platform.data.types.BadSample` naming the record (``on_bad="fail"``). Reading does no image I/O
@@ -38,11 +43,13 @@ from PIL import Image, UnidentifiedImageError
 from .. import storage
 from ..config.vocabulary import SYNTHETIC_DATASET
 from ..model.markers import IMAGE_PLACEHOLDER
+from .containment import DEFAULT_MAX_PIXELS, MAX_IMAGE_BYTES, check_image_path, read_local, resolve_image
 from .synthetic import SPLIT_FILES, bundled_synthetic
 from .types import BadSample, Record, Skip, Turn
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MAX_IMAGE_BYTES",
     "BadSample",
     "DatasetError",
     "check_image",
@@ -53,11 +60,9 @@ __all__ = [
     "open_image",
     "parse_record",
     "read_records",
+    "resolve_image",
     "to_rgb",
 ]
-
-#: Default pixel limit of :func:`load_image` (width x height): larger images are ``image_too_large``.
-DEFAULT_MAX_PIXELS = 8192 * 8192
 
 OnBad = Literal["skip", "fail"]
 
@@ -77,8 +82,9 @@ class DatasetError(ValueError):
 # ---------------------------------------------------------------------------------------------- records
 
 
-def parse_record(obj: Any, dataset: str, index: int) -> Record:
-    """Normalise one published record; raise :class:`BadSample` naming the record if it is bad."""
+def parse_record(obj: Any, dataset: str, index: int, *, allow_absolute: bool = False) -> Record:
+    """Normalise one published record; raise :class:`BadSample` naming the record if it is bad (also an image
+    path leading out of the image root, or an absolute one unless ``allow_absolute``: :func:`check_image_path`)."""
     if type(obj) is not dict:
         raise BadSample(
             "bad_record", f"expected an object, got {type(obj).__name__}", dataset=dataset, index=index
@@ -96,7 +102,7 @@ def parse_record(obj: Any, dataset: str, index: int) -> Record:
             )
         rid = str(rid)
     try:
-        return _parse_body(obj, dataset, index, rid)
+        return _parse_body(obj, dataset, index, rid, allow_absolute)
     except BadSample as err:
         raise err.for_record(dataset, index, rid) from None
 
@@ -110,13 +116,15 @@ def _role(speaker: Any, i: int) -> str:
     return role
 
 
-def _parse_body(obj: dict[str, Any], dataset: str, index: int, rid: str) -> Record:
+def _parse_body(obj: dict[str, Any], dataset: str, index: int, rid: str, allow_absolute: bool) -> Record:
     # One pass, no work beyond the checks: 558K records must read in seconds.
     image = obj.get("image")
     if image is not None and (type(image) is not str or not image.strip()):
         if isinstance(image, list):
             raise BadSample("bad_record", "'image' is a list: multi-image records are not supported")
         raise BadSample("bad_record", "'image' must be a non-empty string (a path)")
+    if image is not None:
+        check_image_path(image, allow_absolute)
     conversation = obj.get("conversations", _MISSING)
     if conversation is _MISSING:
         raise BadSample("missing_key", "no 'conversations'")
@@ -205,7 +213,11 @@ def _json_lines(text: str) -> Iterable[tuple[int, Any, json.JSONDecodeError | No
 
 
 def read_records(
-    path: str | os.PathLike[str], dataset: str | None = None, on_bad: OnBad = "skip"
+    path: str | os.PathLike[str],
+    dataset: str | None = None,
+    on_bad: OnBad = "skip",
+    *,
+    allow_absolute_paths: bool = False,
 ) -> tuple[list[Record], list[Skip]]:
     """Read a LLaVA-format dataset (JSON list or JSON Lines; a local path or ``s3://``).
 
@@ -215,6 +227,9 @@ def read_records(
         dataset: name used in records and messages; default: the file's stem.
         on_bad: ``"skip"`` collects bad records as :class:`Skip`; ``"fail"`` raises :class:`BadSample` for the
             first one, naming the dataset, record index, id and reason.
+        allow_absolute_paths: admit absolute image paths and ``s3://`` URLs (the dataset spec's
+            ``allow_absolute_paths``); off: such records are ``absolute_image_path``. Paths with ``..`` leading
+            out of the image root are ``image_outside_root`` either way.
 
     Returns:
         ``(records, skips)``. ``Record.index`` is the record's position in the file (for JSON Lines, among
@@ -222,13 +237,13 @@ def read_records(
 
     Raises:
         DatasetError: the file is missing, not UTF-8, a JSON list that does not parse (with its line and
-            column), or JSON that is not a list of records.
+            column), JSON that is not a list of records, or one JSON object (outside ``.jsonl``/``.ndjson``).
     """
     name = str(path)
     dataset = dataset or Path(name.rstrip("/")).stem
     text = _decode(_local_copy(path).read_bytes(), name)
     with _gc_paused():
-        return _read(text, name, dataset, on_bad)
+        return _read(text, name, dataset, on_bad, allow_absolute_paths)
 
 
 @contextlib.contextmanager
@@ -244,7 +259,9 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read(text: str, name: str, dataset: str, on_bad: OnBad) -> tuple[list[Record], list[Skip]]:
+def _read(
+    text: str, name: str, dataset: str, on_bad: OnBad, allow_absolute: bool
+) -> tuple[list[Record], list[Skip]]:
     """:func:`read_records` after the file's text is in memory."""
     records: list[Record] = []
     skips: list[Skip] = []
@@ -258,7 +275,7 @@ def _read(text: str, name: str, dataset: str, on_bad: OnBad) -> tuple[list[Recor
     if isinstance(items, list):
         for index, obj in enumerate(items):
             try:
-                records.append(parse_record(obj, dataset, index))
+                records.append(parse_record(obj, dataset, index, allow_absolute=allow_absolute))
             except BadSample as err:
                 bad(err)
         return records, skips
@@ -269,7 +286,7 @@ def _read(text: str, name: str, dataset: str, on_bad: OnBad) -> tuple[list[Recor
             bad(BadSample("bad_json", detail, dataset=dataset, index=index))
             continue
         try:
-            records.append(parse_record(obj, dataset, index))
+            records.append(parse_record(obj, dataset, index, allow_absolute=allow_absolute))
         except BadSample as err:
             detail = f"line {lineno}: {err.detail}" if err.detail else f"line {lineno}"
             bad(BadSample(err.reason, detail, dataset=dataset, index=index, id=err.id))
@@ -292,20 +309,15 @@ def _items(text: str, name: str) -> list[Any] | Iterable[tuple[int, Any, json.JS
             ) from None
         return value
     if stripped[0] == "{":
-        first = stripped.split("\n", 1)[0]
         try:
-            json.loads(first)
+            json.loads(text)  # JSON Lines of two or more records fail at the second ("Extra data"): cheap
         except json.JSONDecodeError:
-            # Not one record per line: maybe one pretty-printed object, which is not a dataset.
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                return _json_lines(text)
-            if isinstance(value, dict):
-                raise DatasetError(
-                    f"{name}: a single JSON object; expected a list of records or one record per line"
-                ) from None
-        return _json_lines(text)
+            return _json_lines(text)
+        # One object, pretty-printed or on one line: not a dataset (reading it as one record hides the mistake).
+        raise DatasetError(
+            f"{name}: the top level is a single JSON object, not a list of records; wrap the records in a "
+            "JSON list, or name the file .jsonl for one record per line"
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -333,7 +345,7 @@ def default_image_root(path: str | os.PathLike[str]) -> str:
 
 def image_location(image_root: str | os.PathLike[str] | None, rel_path: str) -> str:
     """The full location of a record's image: ``rel_path`` under ``image_root`` (an absolute local path or
-    an ``s3://`` one is used as it is)."""
+    an ``s3://`` one is used as it is). A plain join: :func:`resolve_image` also checks containment."""
     if storage.is_s3(rel_path) or os.path.isabs(rel_path) or image_root is None:
         return rel_path
     return storage.join(str(image_root), rel_path)
@@ -387,20 +399,15 @@ def _shared_client() -> storage.S3Client:
 def _read_image_bytes(location: str, cache: bool | str | os.PathLike[str]) -> bytes:
     """The bytes of one image file; ``s3://`` objects are fetched on demand and kept in a local cache."""
     if not storage.is_s3(location):
-        try:
-            return Path(location).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            raise BadSample("missing_image", f"{location} does not exist") from None
-        except IsADirectoryError:
-            raise BadSample("missing_image", f"{location} is a directory") from None
+        return read_local(location)
     bucket, key = storage.parse_s3(location)
     cached: Path | None = None
     if cache:
         base = storage.default_cache_dir() if cache is True else Path(cache)
         cached = base / "s3-objects" / bucket / key
         try:
-            return cached.read_bytes()
-        except OSError:
+            return read_local(str(cached))
+        except BadSample:
             pass
     try:
         data = storage.read_bytes(location, client=_shared_client())
@@ -452,6 +459,10 @@ def open_image(data: bytes, location: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadSample("image_too_large", f"{location}: {err}") from None
+    except MemoryError:
+        # This process is short of memory (the image is within the pixel and byte limits): not the image's
+        # fault, and a skip would hide it while every later image fails the same way. Let it stop the worker.
+        raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, zlib.error…
         raise BadSample("unreadable_image", f"{location}: {type(err).__name__}: {err}") from None
     return img
@@ -474,6 +485,7 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     cache: bool | str | os.PathLike[str] = True,
+    allow_absolute: bool = False,
 ) -> Image.Image:
     """Open, fully decode and convert a record's image to RGB.
 
@@ -484,14 +496,19 @@ def load_image(
         cache: for ``s3://`` images, keep fetched objects under ``<cache root>/s3-objects/<bucket>/<key>``
             (``True``: :func:`storage.default_cache_dir`; a path: that folder; ``False``: no cache). Dataset
             images are treated as immutable: a cached object is not checked against the server again.
+        allow_absolute: read an absolute ``rel_path`` (or ``s3://`` URL) as it is (the dataset spec's
+            ``allow_absolute_paths``); off: ``absolute_image_path``.
 
     Raises:
-        BadSample: ``missing_image``, ``unreadable_image`` (corrupt or truncated), ``empty_image`` or
-            ``image_too_large`` (without the record: see :meth:`BadSample.for_record`).
+        BadSample: ``missing_image``, ``unreadable_image`` (corrupt or truncated), ``empty_image``,
+            ``image_too_large`` (pixels, or bytes over :data:`MAX_IMAGE_BYTES`), ``not_a_regular_file``,
+            ``image_outside_root`` or ``absolute_image_path`` (:func:`resolve_image`) — without the record: see
+            :meth:`BadSample.for_record`.
         storage.StorageError: the server could not be reached or refused the credentials (not the image's
             fault, so not a skip).
+        MemoryError: the process ran out of memory on an image within the limits (not the image's fault).
     """
-    location = image_location(image_root, rel_path)
+    location = resolve_image(image_root, rel_path, allow_absolute=allow_absolute)
     return to_rgb(open_image(_read_image_bytes(location, cache), location, max_pixels))
 
 
@@ -501,9 +518,10 @@ def check_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     cache: bool | str | os.PathLike[str] = True,
+    allow_absolute: bool = False,
 ) -> tuple[int, int]:
     """Open and fully decode an image like :func:`load_image`, without converting it; return ``(width,
     height)``. Raises what :func:`load_image` raises."""
-    location = image_location(image_root, rel_path)
+    location = resolve_image(image_root, rel_path, allow_absolute=allow_absolute)
     with open_image(_read_image_bytes(location, cache), location, max_pixels) as img:
         return img.size

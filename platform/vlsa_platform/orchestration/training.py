@@ -18,6 +18,8 @@ Layout of a run in the run storage (a local folder or ``s3://``, ``storage.path`
                                  last also model/
         <stage>.complete.json    written when the stage finished: its final checkpoint, steps, device-hours
                                  (or adopted: a shared prefix another run trained, :mod:`.prefixes`)
+        <stage>.diverged.json    written when the stage stopped for non-finite losses (``training.on_nonfinite``):
+                                 the reason, raised by the driver as ``DivergedError`` (no Ray retry)
     <storage>/<experiment>/prefixes/   claims and publications of shared stage prefixes
 
 Each segment gets the ``ScalingConfig`` of its resolved placement (workers, GPU or not, the accelerator-type
@@ -49,7 +51,7 @@ from ..config.schema import ExperimentConfig
 from ..tracking import names
 from ..tracking.store import TrackingStore
 from ..tracking.tracker import Tracker, git_commit
-from ..train.spec import EXPORT_DIR, PROGRESS_FILE, StageSpec
+from ..train.spec import EXPORT_DIR, PROGRESS_FILE, DivergedError, StageSpec
 from .plan import PlannedRun, plan_run, stage_placements
 from .prefixes import SharedPrefixes, publish
 from .rungs import RUNG_CLOCK, RungClock
@@ -92,6 +94,11 @@ def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
 
 def _complete_marker(directory: str, stage: str) -> str:
     return storage.join(directory, f"{stage}.complete.json")
+
+
+def _diverged_marker(directory: str, stage: str) -> str:
+    """``<stage>.diverged.json``: the reason a stage stopped for non-finite losses (``training.on_nonfinite``)."""
+    return storage.join(directory, f"{stage}.diverged.json")
 
 
 def _read_marker(directory: str, stage: str) -> StageOutcome:
@@ -265,7 +272,14 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             spec.init_from = previous.model
             spec.gpu_hours_before = previous.gpu_hours
         ctx.stage, ctx.step_offset = spec.stage, spec.step_offset
-        progress = run_stage(spec, ctx)
+        try:
+            progress = run_stage(spec, ctx)
+        except DivergedError as err:
+            # Not a failure for Ray to retry (resumed, the stage would diverge again): every rank ends the
+            # segment here and the driver raises it from rank 0's marker (_run_segments).
+            if ctx.rank == 0:
+                storage.write_text(_diverged_marker(directory, spec.stage), json.dumps({"reason": str(err)}))
+            return
         # Each rank's report returns once its own files of the final checkpoint are uploaded, not rank 0's:
         # wait for every rank before reading rank 0's progress file here and its export in the next stage.
         ray.train.collective.barrier()
@@ -523,6 +537,9 @@ def _run_segments(
                 outcomes.append(previous)
             continue
         publish = sharing.claim_for_training(to_train) if sharing is not None else {}
+        for stage in to_train:  # an earlier launch's divergence; this one tries again
+            if storage.exists(_diverged_marker(directory, stage)):
+                storage.delete(_diverged_marker(directory, stage))
         result = fit([spec_for(i) for i in segment], previous, publish)
         if result.error is not None:
             raise RuntimeError(
@@ -530,6 +547,8 @@ def _run_segments(
             ) from result.error
         for stage in names_in:
             if not storage.exists(_complete_marker(directory, stage)):
+                if storage.exists(diverged := _diverged_marker(directory, stage)):
+                    raise DivergedError(f"run {name}: {json.loads(storage.read_text(diverged))['reason']}")
                 raise RuntimeError(f"stage {stage} of run {name} ended without completing")
             previous = _read_marker(directory, stage)
             outcomes.append(previous)

@@ -76,6 +76,9 @@ TAG_GIT_COMMIT = "vlsa.git_commit"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 """MLflow's own tag that nests a child run under its parent in the UI."""
 TAG_RUN_NAME = "mlflow.runName"
+TAG_FAILURE = "vlsa.failure"
+"""Why the run's training stopped (set by the worker before it raises, e.g. a stage that diverged: its stage,
+step and count of non-finite micro-batches in a row; ``training.on_nonfinite``)."""
 
 
 def shared_stage_tags(stage: str, run_id: str | None, run_name: str, prefix: str) -> dict[str, str]:
@@ -212,6 +215,7 @@ __all__ = [
     "SKIPPED_PREFIX",
     "SKIPPED_TOTAL",
     "STAGE",
+    "TAG_FAILURE",
     "TAG_GIT_COMMIT",
     "TAG_PARENT_RUN",
     "TAG_RUN_NAME",

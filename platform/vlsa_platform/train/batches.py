@@ -71,13 +71,23 @@ class DataSources:
     image_roots: dict[str, str] = field(default_factory=dict)
     unreadable: dict[str, list[Skip]] = field(default_factory=dict)
     """Records each file's reader rejected (bad JSON, missing keys...), by dataset."""
+    absolute_paths: frozenset[str] = frozenset()
+    """Datasets whose records may name absolute image paths (``allow_absolute_paths``)."""
 
     @classmethod
     def read(cls, config: ExperimentConfig, names: Sequence[str]) -> DataSources:
         sources = cls()
         for name in dict.fromkeys(names):
-            path, image_root = dataset_location(config.data.datasets[name], config.data.root)
-            records, skips = read_records(path, dataset=name, on_bad=config.data.on_bad_sample)
+            spec = config.data.datasets[name]
+            path, image_root = dataset_location(spec, config.data.root)
+            records, skips = read_records(
+                path,
+                dataset=name,
+                on_bad=config.data.on_bad_sample,
+                allow_absolute_paths=spec.allow_absolute_paths,
+            )
+            if spec.allow_absolute_paths:
+                sources.absolute_paths |= {name}
             if not records:
                 raise ValueError(f"dataset {name!r} ({path}) has no usable records")
             sources.records[name], sources.image_roots[name], sources.unreadable[name] = (
@@ -213,6 +223,7 @@ class StageData:
             tokenizer=self.tokenizer,
             config=self.vlsa,
             image_roots=self.sources.image_roots,
+            absolute_paths=self.sources.absolute_paths,
             max_length=self.config.data.max_length,
             cognition=cognition,
             latent_cache=self.latent_cache,

@@ -18,7 +18,8 @@ One stage:
    since the last log (:mod:`.metrics`), every ``validation.every_steps`` (and at the end) the validation
    losses (:mod:`.validate`), every ``tracking.recon_every`` a reconstruction panel; every
    ``checkpoint_every`` steps (and at the end) every rank saves its part of a DeepSpeed checkpoint and
-   reports it;
+   reports it; ``training.on_nonfinite.skip_limit`` micro-batches in a row skipped for a non-finite loss end
+   the stage with :class:`DivergedError` (no checkpoint of the diverged state is written);
 3. at the end, exports the whole model (``model/`` in the final checkpoint: safetensors + config), which the
    next stage starts from.
 
@@ -53,7 +54,7 @@ from .batches import Batch, StageData, to_device, vq_targets
 from .build import build_model, build_tokenizer, write_export
 from .metrics import MetricWindow, skipped_totals
 from .schedules import build_lr_scheduler
-from .spec import CHECKPOINT_TAG, EXPORT_DIR, PROGRESS_FILE, StageSpec
+from .spec import CHECKPOINT_TAG, EXPORT_DIR, PROGRESS_FILE, DivergedError, StageSpec
 from .step import train_step
 from .strategy import DeepSpeedStrategy, param_groups
 from .validate import Validation, keep_recon, log_reconstruction
@@ -237,6 +238,7 @@ def _set_up(spec: StageSpec, ctx: WorkerContext) -> _StageRun:
         counters=counters,
         tracker=tracker,
         validation=Validation.for_stage(config, data, tokenizer, model, ctx.world_size),
+        unproven_checkpoint=counters.step or None,  # a checkpoint is written only after an optimizer step
     )
 
 
@@ -263,6 +265,13 @@ class _StageRun:
     window: MetricWindow = field(default_factory=MetricWindow)
     recon_due: bool = False
     """A reconstruction panel is due: the next micro-batch with L_rec latents gives it."""
+    good_checkpoint: int | None = None
+    """Step of the stage's latest checkpoint whose weights then gave a finite loss (in this attempt)."""
+    unproven_checkpoint: int | None = None
+    """Step of a newer checkpoint (written, or resumed from) whose weights no micro-batch has tried yet: a
+    checkpoint is written after an optimizer step, so it may hold the very update that diverged."""
+    nonfinite_streak: int = 0
+    """Micro-batches skipped in a row for a non-finite loss (``training.on_nonfinite``)."""
 
     def progress(self) -> dict[str, Any]:
         """The stage's progress (a checkpoint's client state and ``progress.json``; what :func:`run_stage`
@@ -283,15 +292,58 @@ class _StageRun:
         }
 
     def fit(self) -> None:
-        """Train from the data position the counters hold until the stage's optimizer steps are done."""
+        """Train from the data position the counters hold until the stage's optimizer steps are done. The batch
+        iterator has no end: a skipped micro-batch takes no step, so ``training.on_nonfinite.skip_limit``
+        non-finite ones in a row end the stage (:meth:`_count_nonfinite`) instead of looping for ever."""
         c = self.counters
         batches = self.data.batches(start=c.micro_step) if c.step < self.steps else iter(())
         for batch in batches:
             if c.step >= self.steps:
                 break
+            skipped_before = c.stats["skipped_nonfinite"]
             metrics = self._train(batch)
+            self._count_nonfinite(c.stats["skipped_nonfinite"] > skipped_before)
             if metrics["optimizer_step"]:
                 self._after_optimizer_step(metrics)
+
+    def _count_nonfinite(self, skipped: bool) -> None:
+        """Count a micro-batch skipped for a non-finite loss (every rank skips it together, so every rank
+        counts alike); at ``skip_limit`` in a row, apply the policy: ``stop`` raises :class:`DivergedError` on
+        every rank, after rank 0 tagged the run with the reason, which names the last good checkpoint (one that
+        a finite loss followed: a checkpoint holds the weights after its step's update, which may be the one
+        that diverged). No checkpoint is written on the way out."""
+        if not skipped:
+            self.nonfinite_streak = 0
+            if self.unproven_checkpoint is not None:  # its weights just gave a finite loss
+                self.good_checkpoint, self.unproven_checkpoint = self.unproven_checkpoint, None
+            return
+        self.nonfinite_streak += 1
+        policy = self.config.training.on_nonfinite
+        if self.nonfinite_streak < policy.skip_limit:
+            return
+        c = self.counters
+        reason = (
+            f"stage {self.spec.stage} diverged: {self.nonfinite_streak} consecutive micro-batches had a "
+            f"non-finite loss (training.on_nonfinite.skip_limit {policy.skip_limit}, action {policy.action}) "
+            f"at step {c.step} of {self.steps} (global step {self.spec.step_offset + c.step}, micro-step "
+            f"{c.micro_step}); {self._last_good()}"
+        )
+        # A tag, not a metric: the step was logged already, and a (key, step) is sent once.
+        self.tracker.set_tags({names.TAG_FAILURE: reason})
+        raise DivergedError(reason)
+
+    def _last_good(self) -> str:
+        """Which checkpoint of the stage is the last good one, in words (for the divergence reason)."""
+        if self.good_checkpoint is not None:
+            good = f"its last good checkpoint (a finite loss followed it) is at step {self.good_checkpoint}"
+        else:
+            good = "no checkpoint of it was followed by a finite loss in this attempt"
+        if self.unproven_checkpoint is None:
+            return good
+        return (
+            f"{good}; only non-finite losses followed the one at step {self.unproven_checkpoint} "
+            "(it may hold the update that diverged)"
+        )
 
     def _train(self, batch: Batch) -> dict[str, float]:
         """One micro-batch; its reconstruction panel when one is due and the batch has L_rec latents."""
@@ -333,6 +385,7 @@ class _StageRun:
         every_checkpoint = self.stage.checkpoint_every
         if (every_checkpoint and c.step % every_checkpoint == 0) or last:
             _checkpoint(self.strategy, self.ctx, report, self.progress(), model_export=last, spec=self.spec)
+            self.unproven_checkpoint = c.step
             self.window.started = time.perf_counter()
         elif report:
             self.ctx.report({**report, "global_step": float(global_step)})
@@ -411,6 +464,7 @@ __all__ = [
     "CHECKPOINT_TAG",
     "EXPORT_DIR",
     "PROGRESS_FILE",
+    "DivergedError",
     "LocalContext",
     "StageSpec",
     "WorkerContext",

@@ -1,5 +1,6 @@
-"""What orchestration hands every worker of a stage (:class:`StageSpec`) and the names of what a stage leaves in
-its checkpoints — kept apart from :mod:`.loop` so the driver side imports them without torch.
+"""What orchestration hands every worker of a stage (:class:`StageSpec`), the names of what a stage leaves in
+its checkpoints and the error of a diverged stage (:class:`DivergedError`) — kept apart from :mod:`.loop` so
+the driver side imports them without torch.
 
 The placement travels as the :class:`~vlsa_platform.cluster.ResolvedPlacement` the orchestration derived
 (serialised with its own ``to_dict`` / ``from_dict``), so a worker never derives it again.
@@ -18,6 +19,12 @@ CHECKPOINT_TAG = "state"
 EXPORT_DIR = "model"
 #: File in a checkpoint folder with the stage's progress at that point (what the driver reads).
 PROGRESS_FILE = "progress.json"
+
+
+class DivergedError(RuntimeError):
+    """A stage gave up after ``training.on_nonfinite.skip_limit`` micro-batches in a row had a non-finite loss
+    (raised by the loop on every rank; the message names the stage, its step and the count, and rank 0 tagged
+    the MLflow run with it). Here, not in :mod:`.loop`, so the driver recognises it without torch."""
 
 
 @dataclass
@@ -58,4 +65,4 @@ class StageSpec:
         return cls(**{**data, "placement": ResolvedPlacement.from_dict(data["placement"])})
 
 
-__all__ = ["CHECKPOINT_TAG", "EXPORT_DIR", "PROGRESS_FILE", "StageSpec"]
+__all__ = ["CHECKPOINT_TAG", "EXPORT_DIR", "PROGRESS_FILE", "DivergedError", "StageSpec"]
