@@ -59,6 +59,10 @@ def experiment(zero_stage: int, accelerator: str, extra: tuple[str, ...] = ()):
         "tracking.log_every=1",
         "tracking.recon_every=3",
         "data.validation.sampling=first:8",
+        "data.validation.every_steps=100",  # at each stage's end only (--scale tiny would validate every 4)
+        # From random weights, so the training LLM loss falls from stage 1's captions to stage 3's questions
+        # (the pretrained LLM knows the captions already, and stage 3 adds the VQ tokens it has never seen).
+        "model.tiny_weights=random",
         "cluster.accelerators.A10G.memory_gb=0.84",  # a card too small for micro-batch 2 of the tiny model
     ]
     for stage in STAGES:
