@@ -1,8 +1,32 @@
-"""Worker contexts for stage-loop tests."""
+"""Worker contexts and stage specs for stage-loop tests."""
 
 from __future__ import annotations
 
-from vlsa_platform.train.loop import LocalContext
+from pathlib import Path
+
+from vlsa_platform.config.loader import load_experiment
+from vlsa_platform.orchestration.plan import expand_runs, plan_run, stage_placements
+from vlsa_platform.train.loop import LocalContext, StageSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage1_spec(tmp_path: Path, overrides: list[str]) -> StageSpec:
+    """The spec of ``vlsa_paper.yaml``'s stage1 at ``--scale tiny`` with ``overrides``, as the orchestration
+    would hand it to a worker (placement and steps from the plan, global steps starting at 10)."""
+    config = load_experiment(ROOT / "experiments" / "vlsa_paper.yaml", scale="tiny", overrides=overrides)
+    run = expand_runs(config)[0]
+    placements = stage_placements(run)
+    planned = plan_run(run, placements)["stages"][0]
+    return StageSpec(
+        config=config.resolved(),
+        stage="stage1",
+        stage_index=0,
+        placement=placements["stage1"],
+        steps=planned["steps"],
+        step_offset=10,
+        target_cache=str(tmp_path / "targets"),
+    )
 
 
 class Interrupt(Exception):

@@ -18,8 +18,6 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from vlsa_platform.config.loader import load_experiment
-from vlsa_platform.orchestration.plan import expand_runs, plan_run, stage_placements
 from vlsa_platform.tracking import Tracker, TrackerOptions, local_store, names
 from vlsa_platform.train import loop
 from vlsa_platform.train.build import WEIGHTS_FILE
@@ -33,14 +31,13 @@ from vlsa_platform.train.loop import (
 )
 from vlsa_platform.train.strategy import DeepSpeedStrategy
 
-ROOT = Path(__file__).resolve().parents[2]
+from .contexts import stage1_spec
 
 
 def _spec(tmp_path, *overrides: str, steps: int = 4) -> StageSpec:
-    config = load_experiment(
-        ROOT / "experiments" / "vlsa_paper.yaml",
-        scale="tiny",
-        overrides=[
+    return stage1_spec(
+        tmp_path,
+        [
             f"stages.stage1.steps={steps}",
             "stages.stage1.epochs=null",
             "stages.stage1.checkpoint_every=1",
@@ -49,18 +46,6 @@ def _spec(tmp_path, *overrides: str, steps: int = 4) -> StageSpec:
             "model.gradient_checkpointing=false",
             *overrides,
         ],
-    )
-    run = expand_runs(config)[0]
-    placements = stage_placements(run)
-    planned = plan_run(run, placements)["stages"][0]
-    return StageSpec(
-        config=config.resolved(),
-        stage="stage1",
-        stage_index=0,
-        placement=placements["stage1"],
-        steps=planned["steps"],
-        step_offset=10,
-        target_cache=str(tmp_path / "targets"),
     )
 
 

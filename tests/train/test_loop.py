@@ -12,22 +12,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlsa_platform.config.loader import load_experiment
-from vlsa_platform.orchestration.plan import expand_runs, plan_run, stage_placements
 from vlsa_platform.tracking import names
 from vlsa_platform.train.build import WEIGHTS_FILE
 from vlsa_platform.train.loop import EXPORT_DIR, LocalContext, StageSpec, run_stage
 
-from .contexts import CrashingContext, Interrupt
-
-ROOT = Path(__file__).resolve().parents[2]
+from .contexts import CrashingContext, Interrupt, stage1_spec
 
 
 def _spec(tmp_path, zero_stage: int = 2) -> StageSpec:
-    config = load_experiment(
-        ROOT / "experiments" / "vlsa_paper.yaml",
-        scale="tiny",
-        overrides=[
+    return stage1_spec(
+        tmp_path,
+        [
             "stages.stage1.steps=4",
             "stages.stage1.epochs=null",
             "stages.stage1.checkpoint_every=2",
@@ -36,18 +31,6 @@ def _spec(tmp_path, zero_stage: int = 2) -> StageSpec:
             "data.validation.sampling=first:4",
             "model.gradient_checkpointing=false",
         ],
-    )
-    run = expand_runs(config)[0]
-    placements = stage_placements(run)
-    planned = plan_run(run, placements)["stages"][0]
-    return StageSpec(
-        config=config.resolved(),
-        stage="stage1",
-        stage_index=0,
-        placement=placements["stage1"],
-        steps=planned["steps"],
-        step_offset=10,
-        target_cache=str(tmp_path / "targets"),
     )
 
 
