@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO, TypeAlias, TypeGuard
 
+from . import durable
+
 S3Client: TypeAlias = Any
 """A boto3 S3 client (``boto3.client("s3")``), as made by :func:`s3_client`."""
 
@@ -369,9 +371,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    durable.replace_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 # --------------------------------------------------------------------------------------- uploads and reads
@@ -450,13 +450,10 @@ def open_text(
 
 
 def write_text(uri: str | os.PathLike[str], text: str, *, client: S3Client | None = None) -> None:
-    """Write a small text file (local: atomically, through a temporary file; ``s3://``: one PUT)."""
+    """Write a small text file (local: atomically and durably, :func:`.durable.replace_text`; ``s3://``: one PUT)."""
     if not is_s3(uri):
-        path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        durable.replace_text(Path(uri), text)
         return
     bucket, key = parse_s3(str(uri))
     client = client or s3_client()
@@ -496,14 +493,14 @@ def create_exclusive(uri: str | os.PathLike[str], text: str, *, client: S3Client
         return _conditional_put(uri, text, client, IfNoneMatch="*")
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
+    tmp = durable.temp_copy(path, text)
     try:
         os.link(tmp, path)
     except FileExistsError:
         return None
     finally:
         tmp.unlink()
+    durable.sync_dir(path.parent)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

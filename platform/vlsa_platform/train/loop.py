@@ -34,7 +34,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -50,6 +49,7 @@ from ..model.parts import set_trainable
 from ..tracking import names
 from ..tracking.cost import GpuHoursMeter
 from ..tracking.tracker import NullTracker, Tracker, tracker_for_rank
+from . import checkpoint_files
 from .batches import Batch, StageData, to_device, vq_targets
 from .build import build_model, build_tokenizer, write_export
 from .metrics import MetricWindow, skipped_totals
@@ -430,27 +430,29 @@ def _checkpoint(
     model_export: bool,
     spec: StageSpec,
 ) -> None:
-    """Every rank writes its part of the checkpoint to a temporary folder and reports it (Ray merges the
-    ranks' folders into one); the final one also holds the exported model (written by rank 0)."""
-    folder = tempfile.mkdtemp(prefix="vlsa-ckpt-")
-    try:
-        strategy.save(folder, client_state=progress, tag=CHECKPOINT_TAG)
+    """Every rank writes its part of the checkpoint to a staging folder (:func:`.checkpoint_files.staging_folder`,
+    after checking its file system has room for it) and reports it (Ray merges the ranks' folders into one); the
+    final one also holds the exported model (written by rank 0)."""
+    export_here = model_export and ctx.rank == 0
+    with checkpoint_files.staging_folder() as folder:
+        extra = strategy.model_bytes() if export_here else 0
+        strategy.save(folder, client_state=progress, tag=CHECKPOINT_TAG, extra_bytes=extra)
         state = strategy.full_state_dict() if model_export else None
         if ctx.rank == 0:
             if state is not None:
                 described = {k: v for k, v in spec.to_dict().items() if k != "config"}
                 described["placement"] = spec.placement.as_plan()  # as the plan shows it
                 info = {**progress, "spec": described}
-                write_export(Path(folder) / EXPORT_DIR, state, strategy.engine.module.config, info)
-            (Path(folder) / PROGRESS_FILE).write_text(json.dumps(progress, sort_keys=True))
-        ctx.report({**metrics, "global_step": float(progress["global_step"])}, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+                write_export(folder / EXPORT_DIR, state, strategy.engine.module.config, info)
+            (folder / PROGRESS_FILE).write_text(json.dumps(progress, sort_keys=True))
+        ctx.report({**metrics, "global_step": float(progress["global_step"])}, str(folder))
 
 
 def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
     """Run (or resume) one stage on this worker; returns its final progress (``global_step``,
-    ``stage_steps``, ``gpu_hours``...). Every rank of the stage calls it with the same ``spec``."""
+    ``stage_steps``, ``gpu_hours``...). Every rank of the stage calls it with the same ``spec``. It first removes
+    the checkpoint staging folders that killed workers on this host left behind."""
+    checkpoint_files.remove_leaked_staging()
     run = _set_up(spec, ctx)
     try:
         run.fit()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from torch import nn
 from ..cluster import ResolvedPlacement
 from ..config.schema import LearningRates
 from ..model.parts import part_of
+from . import checkpoint_files
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,12 @@ def skip_inference_comm_op() -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The python, numpy and torch RNG states (for a checkpoint's client state)."""
+    """The python, numpy and torch RNG states (a checkpoint's ``rng_rank<R>.pt``), as tensors, numbers, strings
+    and tuples only, so that the file loads weights-only: numpy's key array becomes a list of ints."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -103,7 +107,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -316,21 +321,37 @@ class DeepSpeedStrategy:
     # -- checkpoints ---------------------------------------------------------------------------------------
 
     def save(
-        self, directory: str | Path, client_state: dict[str, Any] | None = None, tag: str | None = None
+        self,
+        directory: str | Path,
+        client_state: dict[str, Any] | None = None,
+        tag: str | None = None,
+        extra_bytes: int = 0,
     ) -> None:
         """Every rank calls this (ZeRO shards are per rank; each rank may write to its own folder, as Ray
         Train's workers do, and the folders merge). ``client_state`` (data position, step...) is saved with the
         engine, optimizer and scheduler states; each rank's RNG states go to ``<tag>/rng_rank<R>.pt`` (DeepSpeed
-        keeps the client state of one rank only, and every rank draws its own noise)."""
+        keeps the client state of one rank only, and every rank draws its own noise).
+
+        Nothing is written, on any rank, when one rank's file system lacks :meth:`checkpoint_bytes` plus
+        ``extra_bytes`` (what the caller writes beside it, e.g. an export): every rank raises
+        :class:`~.checkpoint_files.InsufficientSpaceError` instead."""
         engine = self._need_engine()
         tag = tag or f"global_step{engine.global_steps}"
+        self._ensure_space(directory, self.checkpoint_bytes() + extra_bytes)
         engine.save_checkpoint(str(directory), tag=tag, client_state=dict(client_state or {}))
         torch.save(rng_state(), Path(directory) / tag / _rng_file(_rank()))
 
     def load(self, directory: str | Path, tag: str | None = None, restore_rng: bool = True) -> dict[str, Any]:
         """Load a checkpoint written by :meth:`save` into the prepared engine; returns its client state (and
-        restores this rank's RNG states unless ``restore_rng`` is False)."""
-        path, client_state = self._need_engine().load_checkpoint(str(directory), tag=tag)
+        restores this rank's RNG states unless ``restore_rng`` is False). Every file is unpickled weights-only
+        (:mod:`.checkpoint_files`): one holding anything but tensors, numbers, containers and DeepSpeed's few
+        plain types raises :class:`~.checkpoint_files.UnsafeCheckpointError` naming it, and nothing of it runs."""
+        with checkpoint_files.deepspeed_loads_weights_only():
+            try:
+                path, client_state = self._need_engine().load_checkpoint(str(directory), tag=tag)
+            except pickle.UnpicklingError as err:
+                folder = Path(directory) / tag if tag else Path(directory)
+                raise checkpoint_files.refused_file(folder, err) from err
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory} (tag {tag or 'latest'})")
         if tag is None:
@@ -341,8 +362,46 @@ class DeepSpeedStrategy:
                 raise FileNotFoundError(
                     f"{rng_path} is missing: the checkpoint was written by another number of ranks"
                 )
-            set_rng_state(torch.load(rng_path, weights_only=False))
+            set_rng_state(checkpoint_files.load_weights_only(rng_path))
         return client_state or {}
+
+    def model_bytes(self) -> int:
+        """Bytes of the whole model's parameters and buffers at their dtypes (an export's size; under ZeRO-3
+        the full, unpartitioned sizes)."""
+        module = self._need_engine().module
+        params = sum(_full_numel(p) * p.element_size() for p in module.parameters())
+        return params + sum(b.numel() * b.element_size() for b in module.buffers())
+
+    def checkpoint_bytes(self) -> int:
+        """An upper bound of the bytes :meth:`save` writes on this rank: the whole module (ZeRO 0-2 write it on
+        rank 0, ZeRO-3 each rank's partition of it), fp32 master weights and Adam's two moments of the
+        trainable elements (12 bytes each; partitioned over the ranks by ZeRO 1-3), and for metadata and the
+        RNG states 1 MiB plus 4 KiB per tensor (an archive entry's headers and alignment)."""
+        module = self._need_engine().module
+        params = list(module.parameters())
+        trainable = sum(_full_numel(p) for p in params if p.requires_grad)
+        shards = self._world() if self.zero_stage > 0 else 1
+        tensors = len(params) + sum(1 for _ in module.buffers())
+        return self.model_bytes() + 12 * trainable // shards + 2**20 + 4096 * tensors
+
+    def _ensure_space(self, directory: str | Path, needed: int) -> None:
+        """Raise on every rank when any rank lacks ``needed`` bytes under ``directory`` (ranks agree first: a
+        rank refusing alone would leave the others waiting in the save's collectives)."""
+        lacking = checkpoint_files.lacking_space(directory, needed)
+        shortfall = lacking.shortfall if lacking else 0
+        worst = shortfall
+        if self._world() > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor([shortfall], dtype=torch.int64, device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            worst = int(flag.item())
+        if lacking is not None:
+            raise lacking
+        if worst > 0:
+            raise checkpoint_files.InsufficientSpaceError(
+                f"not saving a checkpoint in {directory}: another rank's file system lacks {worst:,} bytes "
+                "for its shard",
+                shortfall=worst,
+            )
 
     # -- devices, gathering, export ------------------------------------------------------------------------
 
@@ -395,6 +454,11 @@ def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return int(os.environ.get("RANK", "0"))
+
+
+def _full_numel(param: torch.Tensor) -> int:
+    """Elements of a parameter, whole (ZeRO-3 keeps a partitioned one's in ``ds_numel``)."""
+    return int(getattr(param, "ds_numel", param.numel()))
 
 
 def _rng_file(rank: int) -> str:
