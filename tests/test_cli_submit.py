@@ -45,9 +45,8 @@ def test_bad_input_is_exit_2_naming_it_and_starts_nothing(workdir, capsys, extra
 
 
 def test_a_remote_cluster_needs_a_reachable_store(workdir, capsys):
-    status = cli.main(
-        ["submit", SWEEP, "--scale", "tiny", "--workdir", str(workdir), "--address", "http://10.1.2.3:8265"]
-    )
+    address = ["--address", "http://10.1.2.3:8265", "--insecure"]  # plain http: refused without --insecure
+    status = cli.main(["submit", SWEEP, "--scale", "tiny", "--workdir", str(workdir), *address])
     assert status == exits.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "tracking.tracking_uri" in err and "storage.path" in err

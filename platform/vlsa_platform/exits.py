@@ -13,6 +13,9 @@ EXIT_UNREACHABLE = 4
 """No Ray dashboard answers at ``--address``."""
 EXIT_AUTH = 5
 """The cluster wants a token and got none or a wrong one."""
+EXIT_PREFLIGHT = 6
+"""The pre-flight check before anything starts failed: the run storage (``storage.path``) does not take a probe
+object's write, read and delete, or the tracking server does not answer or refuses the credentials."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C, ``vlsa-platform stop``)."""
 
@@ -22,6 +25,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_PREFLIGHT",
     "EXIT_RESOURCES",
     "EXIT_UNREACHABLE",
 ]

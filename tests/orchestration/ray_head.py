@@ -36,6 +36,10 @@ from ..services import HOST, free_ports, spawn, started, stop_group, wait_ready
 
 STARTUP_TIMEOUT_S = 120.0
 """Bound on the head coming up (the Jobs API answering); a loaded 2-core machine takes 10-30 s."""
+STARTED_LINE = "Ray runtime started."
+"""What ``ray start`` prints once its node is up (its raylet registered). The dashboard answers before that, and a
+raylet that then fails (on a loaded machine: "Timed out waiting for file …dashboard_agent_listen_port…") makes
+``ray start`` give up and take the dashboard with it: such a head is not ready, and is started again."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,13 @@ def _answers(url: str, token: str) -> bool:
             json.loads(response.read() or b"[]")
             return response.status == 200
     except (OSError, ValueError):
+        return False
+
+
+def _started(log_path: Path) -> bool:
+    try:
+        return STARTED_LINE in log_path.read_text(errors="replace")
+    except OSError:
         return False
 
 
@@ -191,7 +202,9 @@ def ray_head(
     """Start a Ray head (files under ``root``), wait (bounded) for its Jobs API, yield it, stop it.
 
     ``resources``: custom node resources (e.g. ``accelerator_type:H100``); ``env``: more variables for the
-    head and hence its jobs (e.g. S3 credentials).
+    head and hence its jobs — the place for S3 or MLflow credentials, which a submitted job never carries
+    (``jobs.NODE_ENV``: the nodes bring their own). The head also inherits this process's environment as it is
+    when it starts (less the Ray address and token variables).
     """
     if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
         raise RuntimeError(f"no `ray` beside {sys.executable}")
@@ -205,10 +218,10 @@ def ray_head(
         return _start(folder, token, num_cpus, resources, env or {})
 
     def ready(proc: subprocess.Popen[bytes], head: RayHead) -> str:
-        """Until the Jobs API answers an authenticated request."""
+        """Until ``ray start`` says its node is up and the Jobs API answers an authenticated request."""
         return wait_ready(
             proc,
-            lambda: _answers(head.address, head.token),
+            lambda: _started(head.log_path) and _answers(head.address, head.token),
             deadline,
             what="`ray start` (its Jobs API)",
             log_path=head.log_path,

@@ -160,8 +160,8 @@ def test_reachable_settings_pass_and_loopback_shares_everything(tmp_path, monkey
 
 def test_runtime_env_ships_the_spec_the_package_and_the_tracking_and_s3_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-TEST")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://s3.example")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-TEST")  # a credential: the cluster's nodes bring their own
     monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")  # a path here: not passed
     env = jobs.runtime_env(spec_for(tmp_path), tmp_path)
     assert env["working_dir"] == str(tmp_path)
@@ -171,8 +171,8 @@ def test_runtime_env_ships_the_spec_the_package_and_the_tracking_and_s3_variable
     variables = env["env_vars"]
     assert {k: variables[k] for k in WORKER_ENV} == WORKER_ENV
     assert variables["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
-    assert variables["AWS_ACCESS_KEY_ID"] == "AKIA-TEST"
-    assert "AWS_SESSION_TOKEN" not in variables and "AWS_CA_BUNDLE" not in variables
+    assert variables["AWS_ENDPOINT_URL_S3"] == "https://s3.example"
+    assert "AWS_ACCESS_KEY_ID" not in variables and "AWS_CA_BUNDLE" not in variables
 
 
 def test_job_ids(tmp_path):

@@ -4,15 +4,20 @@ token authentication: the job runs the submission on that cluster and its runs l
 The head is on this machine (loopback), so it shares the client's work directory: the job's driver serves the
 same local MLflow store, and the test reads the runs back from it. A second submission asks for an accelerator
 class the head lacks and must end with exit 3, naming it, within its ``--resource-timeout``.
+
+The first submits with credentials set on this machine: the job's runtime environment, as the cluster's Jobs
+API shows it, holds none of them (the head brings its own environment, :mod:`.ray_head`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from vlsa_platform import cli, exits
+from vlsa_platform.orchestration.jobs_api import connect
 from vlsa_platform.orchestration.ledger import find
 from vlsa_platform.tracking import names
 
@@ -25,6 +30,15 @@ FAST = [
     "data.validation.sampling=random:2",
     "tracking.recon_every=null",
 ]
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "AKIA-E2E-ID-VALUE",
+    "AWS_SECRET_ACCESS_KEY": "e2e-aws-secret-value",
+    "AWS_SESSION_TOKEN": "e2e-aws-session-value",
+    "MLFLOW_TRACKING_USERNAME": "e2e-mlflow-user",
+    "MLFLOW_TRACKING_PASSWORD": "e2e-mlflow-password",
+    "MLFLOW_TRACKING_TOKEN": "e2e-mlflow-token",
+}
+"""Set on this (the submitting) machine only; the local store and folder of the test need none of them."""
 
 
 def submit(workdir: Path, address: str, *extra: str) -> int:
@@ -36,6 +50,8 @@ def submit(workdir: Path, address: str, *extra: str) -> int:
 
 def test_a_job_on_a_token_protected_head_trains_and_tracks(ray_client_env, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
     workdir = tmp_path / "work"
     assert submit(workdir, ray_client_env.address) == 0
     out = capsys.readouterr().out
@@ -43,6 +59,9 @@ def test_a_job_on_a_token_protected_head_trains_and_tracks(ray_client_env, tmp_p
     assert record.address == ray_client_env.address and record.job_id
     assert record.state == "FINISHED"
     assert "parent run" in out
+    shipped = json.dumps(connect(record.address).get_job_info(record.job_id).runtime_env)
+    assert "env_vars" in shipped  # the environment is there to be read…
+    assert not [key for key, value in CREDENTIALS.items() if value in shipped]  # …and holds no credential
 
     from mlflow import MlflowClient
 

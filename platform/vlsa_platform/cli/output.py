@@ -1,6 +1,8 @@
 """What ``vlsa-platform`` prints, shared by its verbs: the plan as a table (:func:`render_plan`, with an ASHA
 sweep's rungs), aligned tables (:func:`table`), parameter counts (:func:`human`), a submission's trial summary
-(:func:`summary`) and the one-line error (:func:`error`)."""
+(:func:`summary`), the one-line error (:func:`error`) and a problem list (:func:`problems`). Both error printers
+mask secrets (:func:`vlsa_platform.redact.redact_text`): a message that echoes a tracking URI with its password
+shows ``user:***@host``."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from typing import Any
 
 from ..orchestration.submission_types import SubmissionResult
+from ..redact import redact_text
 
 
 def human(n: int) -> str:
@@ -33,8 +36,13 @@ def print_rows(rows: list[list[str]]) -> None:
 
 
 def error(verb: str, message: Any) -> None:
-    """``vlsa-platform VERB: message`` on stderr, on one line."""
-    print(f"vlsa-platform {verb}: {' '.join(str(message).split())}", file=sys.stderr)
+    """``vlsa-platform VERB: message`` on stderr, on one line, secrets masked."""
+    print(redact_text(f"vlsa-platform {verb}: {' '.join(str(message).split())}"), file=sys.stderr)
+
+
+def problems(message: Any) -> None:
+    """A multi-line message (a ``ConfigError``: one problem a line) on stderr as it is, secrets masked."""
+    print(redact_text(str(message)), file=sys.stderr)
 
 
 def _memory(place: dict[str, Any]) -> str:
@@ -179,4 +187,4 @@ def _verdict(result: SubmissionResult, metric: str, mode: str | None) -> str:
     return verdict_line(objective, labels, scores, judge(scores, chosen), "trial")
 
 
-__all__ = ["error", "human", "print_rows", "render_plan", "summary", "table"]
+__all__ = ["error", "human", "print_rows", "problems", "render_plan", "summary", "table"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from ..exits import EXIT_CONFIG, EXIT_OK
-from .output import render_plan
+from .output import problems, render_plan
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -23,7 +22,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             plan = build_plan(load_experiment(path, scale=args.scale, overrides=args.set))
         except ConfigError as err:
-            print(err, file=sys.stderr)
+            problems(err)
             status = EXIT_CONFIG
             continue
         if args.json:

@@ -20,15 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESOURCES
-from ..orchestration.ledger import DEFAULT_WORKDIR, STOPPED, RecordError, SubmissionRecord, all_records, find
+from ..exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREFLIGHT, EXIT_RESOURCES
+from ..orchestration.ledger import DEFAULT_WORKDIR, STOPPED, RecordError, SubmissionRecord, find, scan
 from ..orchestration.submission_types import (
     ClusterResourceError,
     SubmissionResult,
     SubmissionSpec,
     new_submission,
 )
-from .output import error, print_rows, render_plan, summary
+from ..redact import redact_text, redact_uri
+from .output import error, print_rows, problems, render_plan, summary
 from .plan_verbs import scale_and_set
 
 DEFAULT_UI_PORT = 5000
@@ -47,7 +48,7 @@ def _load(args: argparse.Namespace, verb: str) -> Any:
     try:
         return load_experiment(args.file, scale=args.scale, overrides=args.set)
     except ConfigError as err:
-        print(err, file=sys.stderr)
+        problems(err)
         return None
     except OSError as err:
         error(verb, err)
@@ -63,7 +64,7 @@ def _plan(config: Any) -> dict[str, Any] | None:
     try:
         return build_plan(config)
     except ConfigError as err:
-        print(err, file=sys.stderr)
+        problems(err)
         return None
 
 
@@ -76,7 +77,7 @@ def _ui_hint(parent_run_id: str, tracking_uri: str, experiment: str, workdir: Pa
             f"   (then http://127.0.0.1:{DEFAULT_UI_PORT})"
         )
     else:
-        lines.append(f"  open it:  {tracking_uri}")
+        lines.append(f"  open it:  {redact_uri(tracking_uri)}")
     report_args = "" if local and workdir == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {workdir}"
     lines.append(f"  compare:  vlsa-platform report {experiment}{report_args if local else ''}")
     return lines
@@ -91,7 +92,9 @@ def _closing(spec: SubmissionSpec, result: SubmissionResult | None) -> list[str]
     config = spec.experiment_config()
     metric = config.sweep.metric if config.sweep is not None else "val/loss_llm"
     lines = ["", *summary(result, metric)]
-    lines.extend(f"{t.name} failed: {(t.error or '?').strip().splitlines()[-1]}" for t in result.failed)
+    lines.extend(
+        redact_text(f"{t.name} failed: {(t.error or '?').strip().splitlines()[-1]}") for t in result.failed
+    )
     if result.interrupted:
         lines.append(stopped)
     lines.extend(_ui_hint(result.parent_run_id, result.tracking_uri, spec.experiment, Path(spec.workdir)))
@@ -106,7 +109,7 @@ def _run_local(record: SubmissionRecord, *, resume: bool, check: bool = False) -
     try:
         result = run_local(record, resume=resume, check=check)
     except PlanRejected as err:
-        print(err, file=sys.stderr)
+        problems(err)
         return EXIT_CONFIG
     except ClusterResourceError as err:
         error("submit", err)
@@ -138,6 +141,21 @@ def _run_remote(record: SubmissionRecord, *, resume: bool, detach: bool = False)
     return final.exit_code if final.exit_code is not None else EXIT_FAILED
 
 
+def _preflight(spec: SubmissionSpec, verb: str, *, cluster: bool) -> bool:
+    """The run storage takes a probe write and the tracking server answers
+    (:mod:`~vlsa_platform.orchestration.preflight`); ``False`` after printing why on one line (exit 6)."""
+    from ..orchestration.preflight import PreflightError, preflight
+
+    try:
+        skipped = preflight(spec, cluster=cluster)
+    except PreflightError as err:
+        error(verb, err)
+        return False
+    for line in skipped:
+        _say(f"pre-flight: {line}")
+    return True
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate, then run the experiment locally or as a Ray job."""
     config = _load(args, "submit")
@@ -145,10 +163,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     address = None
     if args.address:
-        from ..orchestration.jobs_api import AddressError, parse_address
+        from ..orchestration.jobs_api import AddressError, check_transport
 
         try:
-            address = parse_address(args.address)
+            address = check_transport(args.address, insecure=args.insecure)
         except AddressError as err:
             error("submit", err)
             return EXIT_CONFIG
@@ -177,7 +195,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except ValueError as err:
             error("submit", err)
             return EXIT_CONFIG
+        if not _preflight(spec, "submit", cluster=True):
+            return EXIT_PREFLIGHT
         return _run_remote(record, resume=False, detach=args.detach)
+    if not _preflight(spec, "submit", cluster=False):
+        return EXIT_PREFLIGHT
     return _run_local(record, resume=False, check=True)
 
 
@@ -190,7 +212,7 @@ def _find(args: argparse.Namespace, verb: str) -> Any:
         try:
             wanted = load_experiment(wanted).name
         except ConfigError as err:
-            print(err, file=sys.stderr)
+            problems(err)
             return None
     try:
         return find(args.workdir, wanted)
@@ -208,6 +230,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if record.driver_alive():
         error("resume", f"{record.id} is still running (driver pid {record.pid}); stop it first")
         return EXIT_CONFIG
+    if not _preflight(record.spec, "resume", cluster=record.address is not None):
+        return EXIT_PREFLIGHT
     if record.address is not None:
         return _run_remote(record, resume=True, detach=args.detach)
     return _run_local(record, resume=True)
@@ -229,10 +253,12 @@ def _state(record: SubmissionRecord) -> str:
 
 
 def _status_all(workdir: str) -> int:
-    """Every recorded submission, one line each."""
-    records = all_records(workdir)
+    """Every recorded submission, one line each; a record that cannot be read is named on stderr."""
+    records, unreadable = scan(workdir)
+    for bad in unreadable:
+        error("status", bad.describe())
     if not records:
-        print(f"no submissions in {Path(workdir) / 'submissions'}")
+        print(f"no{' readable' if unreadable else ''} submissions in {Path(workdir) / 'submissions'}")
         return EXIT_OK
     rows = [["submission", "kind", "where", "state", "trials", "started"]]
     for record in records:
@@ -264,7 +290,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{record.id}: {record.spec.kind} of {record.spec.experiment!r} ({record.spec.source})")
     print(f"  state     {_state(record)}")
     print(f"  where     {record.address or 'local'}{f' (job {record.job_id})' if record.job_id else ''}")
-    print(f"  MLflow    {record.tracking_uri or '-'}, parent run {record.spec.parent_run_id or '-'}")
+    print(
+        f"  MLflow    {redact_uri(record.tracking_uri or '-')}, parent run {record.spec.parent_run_id or '-'}"
+    )
     print(f"  storage   {record.spec.storage_root}")
     print(f"  log       {record.log_path if record.address is None else 'vlsa-platform logs ' + record.id}")
     trials = record.trials()
@@ -287,7 +315,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_rows(rows)
         for trial in trials:  # why each failed trial failed (e.g. a stage that diverged)
             if trial["status"] == "failed" and trial.get("error"):
-                print(f"{trial['name']} failed: {trial['error'].strip().splitlines()[-1]}")
+                print(redact_text(f"{trial['name']} failed: {trial['error'].strip().splitlines()[-1]}"))
     return EXIT_OK
 
 
@@ -313,15 +341,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
         error("logs", f"no log at {record.log_path}")
         return EXIT_CONFIG
     with open(record.log_path, encoding="utf-8", errors="replace") as log:
-        sys.stdout.write(log.read())
+        sys.stdout.write(redact_text(log.read()))
         while args.follow and record.driver_alive():
             chunk = log.read()
             if chunk:
-                sys.stdout.write(chunk)
+                sys.stdout.write(redact_text(chunk))
                 sys.stdout.flush()
             else:
                 time.sleep(0.5)
-        sys.stdout.write(log.read())
+        sys.stdout.write(redact_text(log.read()))
     return EXIT_OK
 
 
@@ -365,7 +393,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     remote = os.environ.get(TRACKING_URI_ENV, "").strip()
     if remote and not remote.startswith("sqlite:"):
-        print(f"runs are tracked at {remote} (${TRACKING_URI_ENV}); open it in a browser")
+        print(f"runs are tracked at {redact_uri(remote)} (${TRACKING_URI_ENV}); open it in a browser")
         return EXIT_OK
     workdir = Path(args.workdir).expanduser().resolve()
     if not (workdir / DB_FILE).is_file():
@@ -417,7 +445,9 @@ def _add_submit(verbs: Any) -> None:
         "with --address as a Ray job on that cluster. Prints each trial's progress, then a summary, the MLflow "
         "experiment and parent run. Ctrl-C stops it gracefully (resume continues it). Exit 0 when every trial "
         "finished or was stopped early by ASHA, 1 when a trial failed, 2 for a bad file/--set/--address, "
-        "3 when the cluster cannot run a trial, 130 when stopped.",
+        "3 when the cluster cannot run a trial, 4/5 when the cluster does not answer or refuses the token, "
+        "6 when the pre-flight (a probe write to storage.path, the tracking server's answer) fails, "
+        "130 when stopped.",
     )
     submit.add_argument("file", metavar="FILE", help="experiment YAML file")
     scale_and_set(submit)
@@ -425,8 +455,16 @@ def _add_submit(verbs: Any) -> None:
         "--address",
         default=None,
         metavar="ADDR",
-        help="Ray cluster to submit to as a Ray job: http://HEAD:8265 (the dashboard) or ray://HEAD:10001; "
-        "token authentication is read from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token",
+        help="Ray cluster to submit to as a Ray job: http://HEAD:8265 (the dashboard), https://HEAD[:PORT] or "
+        "ray://HEAD:10001; token authentication is read from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
+        "~/.ray/auth_token. Plain http (and ray://) is refused for a host other than this machine (exit 2): "
+        "tunnel (ssh -L 8265:localhost:8265 HEAD, then --address http://127.0.0.1:8265) or use https",
+    )
+    submit.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with --address: allow plain http to another machine (the Ray token and the job's files travel "
+        "in clear; only on a network you trust)",
     )
     submit.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
     submit.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
@@ -450,7 +488,8 @@ def _add_resume_and_status(verbs: Any) -> None:
         "resume",
         help="continue a stopped or failed submission (finished trials are not rerun)",
         description="Continue a submission: its Tune experiment is restored, finished trials are kept, "
-        "interrupted and failed ones continue from their last checkpoint, in the same MLflow parent run.",
+        "interrupted and failed ones continue from their last checkpoint, in the same MLflow parent run. "
+        "The storage and tracking server are checked first, as for submit (exit 6 when they do not work).",
     )
     _submission_arg(resume)
     resume.add_argument("--detach", action="store_true", help="with a cluster job: return once submitted")

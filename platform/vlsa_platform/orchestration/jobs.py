@@ -4,7 +4,10 @@ cluster reached through :mod:`.jobs_api`).
 The job's driver is :mod:`.entry` (``python -m vlsa_platform.orchestration.entry submission.json``): its
 runtime environment carries ``submission.json`` (the :class:`~.submission_types.SubmissionSpec`) as the
 working directory, this installed ``vlsa_platform`` package as a ``py_modules`` entry, and
-:data:`.submission_types.WORKER_ENV` plus the tracking and S3 variables set here. The cluster brings the third-party dependencies (its image).
+:data:`.submission_types.WORKER_ENV` plus the non-secret tracking and S3 variables set here
+(:data:`PASS_THROUGH_ENV`). The cluster brings the third-party dependencies (its image) and the credentials
+(:data:`NODE_ENV`, from its nodes' own environment): a runtime environment is shown to anyone who can read the
+cluster's dashboard.
 
 A job is followed by polling its log (:func:`follow_job`); :attr:`JobState.exit_code` is the CLI's exit status
 for a job that ended.
@@ -22,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..exits import EXIT_FAILED, EXIT_OK, EXIT_RESOURCES
+from ..redact import redact_text
 from .jobs_api import ClusterUnreachableError, connect, parse_address
 from .submission_types import WORKER_ENV, SubmissionSpec
 
@@ -31,17 +36,23 @@ LOST_CONTACT_S = 60.0
 """While following a job: how long the dashboard may stay unreachable before :func:`follow_job` gives up."""
 PASS_THROUGH_ENV = (
     "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+"""Variables set here that the job's processes get too: where the tracking server and S3 are, never a
+credential (``MLFLOW_TRACKING_URI`` only without a password in it)."""
+NODE_ENV = (
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_DEFAULT_REGION",
 )
-"""Variables set here that the job's processes get too (tracking server and S3 endpoint + credentials)."""
+"""Credentials a job never carries: the cluster's nodes provide them (their environment, an instance
+profile; ``docs/submitting.md``, "Secrets")."""
 SPEC_FILE = "submission.json"
 ENTRY_MODULE = "vlsa_platform.orchestration.entry"
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -54,13 +65,15 @@ META_RESUME = "vlsa.resume"
 
 def runtime_env(spec: SubmissionSpec, working_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The job's runtime environment: ``working_dir`` (holding ``submission.json``), this ``vlsa_platform``
-    package as a ``py_modules`` entry, and :data:`WORKER_ENV` plus :data:`PASS_THROUGH_ENV` set here."""
+    package as a ``py_modules`` entry, and :data:`WORKER_ENV` plus :data:`PASS_THROUGH_ENV` set here (a
+    ``MLFLOW_TRACKING_URI`` holding a password is left out; :func:`.jobs_api.check_remote_settings` refuses
+    such a URI for the submission itself). No credential: see :data:`NODE_ENV`."""
     import vlsa_platform
 
     env_vars = dict(WORKER_ENV)
     for key in PASS_THROUGH_ENV:
         value = os.environ.get(key)
-        if value:
+        if value and not _has_password(value):
             env_vars[key] = value
     return {
         "working_dir": str(working_dir),
@@ -68,6 +81,13 @@ def runtime_env(spec: SubmissionSpec, working_dir: str | os.PathLike[str]) -> di
         "env_vars": env_vars,
         "excludes": ["__pycache__/", "*.pyc"],
     }
+
+
+def _has_password(uri: str) -> bool:
+    try:
+        return bool(urlsplit(uri).password)
+    except ValueError:
+        return True  # unreadable: not sent
 
 
 def job_id_for(spec: SubmissionSpec, *, resume: bool = False) -> str:
@@ -164,9 +184,9 @@ def job_status(address: str, job_id: str, *, client: Any = None) -> JobState:
 
 
 def job_logs(address: str, job_id: str, *, client: Any = None) -> str:
-    """Everything the job's driver printed so far."""
+    """Everything the job's driver printed so far (secrets masked: :func:`vlsa_platform.redact.redact_text`)."""
     client = client or connect(address)
-    return str(client.get_job_logs(job_id))
+    return redact_text(str(client.get_job_logs(job_id)))
 
 
 def stop_job(address: str, job_id: str, *, client: Any = None) -> bool:
@@ -192,8 +212,8 @@ def follow_job(
     client: Any = None,
     lost_contact_s: float = LOST_CONTACT_S,
 ) -> str:
-    """Print the job's log lines to ``say`` as they come until the job ends; return its final status
-    (``SUCCEEDED``, ``FAILED`` or ``STOPPED``).
+    """Print the job's log lines to ``say`` as they come (secrets masked) until the job ends; return its
+    final status (``SUCCEEDED``, ``FAILED`` or ``STOPPED``).
 
     The log is polled (GET of the whole log every ``poll_s``; Ray's websocket tail has no timeout). A dashboard
     unreachable for longer than ``lost_contact_s`` raises :class:`ClusterUnreachableError` (the job itself
@@ -233,7 +253,7 @@ def follow_job(
             lines = (partial + chunk).split("\n")
             partial = lines.pop()
             for line in lines:
-                say(line)
+                say(redact_text(line))
             state = _state(job_id, info)
             submission = state.metadata.get(META_SUBMISSION)
             if state.status == "PENDING" and not told_pending:
@@ -244,7 +264,7 @@ def follow_job(
                 told_pending = True
             if state.terminal:
                 if partial:
-                    say(partial)
+                    say(redact_text(partial))
                 note = f": {' '.join(state.message.split())}" if state.message else ""
                 say(f"job {job_id} {state.status.lower()}{note}")
                 return state.status
@@ -258,6 +278,7 @@ def follow_job(
 
 
 __all__ = [
+    "NODE_ENV",
     "PASS_THROUGH_ENV",
     "JobState",
     "follow_job",

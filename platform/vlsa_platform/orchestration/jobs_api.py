@@ -12,6 +12,11 @@ Addresses (:func:`parse_address`):
   and Ray versions here and there, and waits long on a dead host) just to ask the head for its dashboard URL,
   which is often an address internal to the cluster. Use ``http://HOST:PORT`` for another dashboard port.
 
+Plain ``http://`` (and ``ray://``, which maps to it) to a host that is not this machine's loopback is refused
+(:func:`check_transport`, :class:`InsecureAddressError`, exit 2) unless the user says ``--insecure``: the token
+and the job's files would cross the network in clear. Tunnel instead (``ssh -L 8265:localhost:8265 HEAD``, then
+``--address http://127.0.0.1:8265``) or use ``https://``.
+
 ``RAY_ADDRESS`` and ``RAY_API_SERVER_ADDRESS`` would silently replace the address in Ray's SDK; here the
 address given is the address used.
 
@@ -35,7 +40,8 @@ Errors and the exit status the CLI gives for each (``exit_code`` on every error 
  0    ``EXIT_OK`` — the job succeeded
  1    ``EXIT_FAILED`` — the job failed or was stopped (a trial failed, the driver crashed…), or the Jobs
       API answered an unexpected error (:class:`JobsAPIError`)
- 2    ``EXIT_CONFIG`` — bad input: :class:`AddressError` (``--address``), :class:`RemoteSettingsError`
+ 2    ``EXIT_CONFIG`` — bad input: :class:`AddressError` (``--address``; :class:`InsecureAddressError` plain
+      http to another machine without ``--insecure``), :class:`RemoteSettingsError`
       (``tracking.tracking_uri`` / ``storage.path`` a remote cluster cannot reach), :class:`JobNotFoundError`
  3    ``EXIT_RESOURCES`` — the job's driver found that the cluster cannot run a trial (no node of the
       accelerator class, too few CPUs/GPUs) within its resource timeout (the driver, :mod:`.entry`, exits 3)
@@ -58,6 +64,7 @@ from urllib.parse import urlsplit
 
 from ..config.errors import ConfigError
 from ..exits import EXIT_AUTH, EXIT_CONFIG, EXIT_FAILED, EXIT_UNREACHABLE
+from ..redact import redact_uri
 from .submission_types import SubmissionSpec
 
 DEFAULT_DASHBOARD_PORT = 8265
@@ -83,6 +90,11 @@ class AddressError(ValueError):
     """A malformed ``--address``; the message names the option and what it expects."""
 
     exit_code = EXIT_CONFIG
+
+
+class InsecureAddressError(AddressError):
+    """Plain ``http://`` (or ``ray://``) to another machine without ``--insecure``: the message says how to
+    tunnel or use https."""
 
 
 class RemoteSettingsError(ConfigError, ValueError):
@@ -193,9 +205,32 @@ def is_loopback(address: str) -> bool:
     return _is_loopback_host(urlsplit(parse_address(address)).hostname)
 
 
+def check_transport(address: str, *, insecure: bool = False) -> str:
+    """The Jobs API URL of ``address`` (:func:`parse_address`), if requests to it may carry the token:
+    ``https://`` anywhere, plain ``http://`` to this machine's loopback, anything with ``insecure``.
+
+    Raises:
+        AddressError: a malformed address.
+        InsecureAddressError: plain http to another machine, ``insecure`` not given.
+    """
+    url = parse_address(address)
+    parts = urlsplit(url)
+    if insecure or parts.scheme == "https" or _is_loopback_host(parts.hostname):
+        return url
+    port = parts.port or DEFAULT_DASHBOARD_PORT
+    raise InsecureAddressError(
+        f"--address {address.strip()!r} is plain http to {parts.hostname}, another machine: the Ray token and "
+        f"the job's files would travel in clear. Tunnel to the head (`ssh -L {port}:localhost:{port} "
+        f"{parts.hostname}`, then --address http://127.0.0.1:{port}), or give the dashboard's https:// address, "
+        "or accept it with --insecure (a network you trust)"
+    )
+
+
 def check_remote_settings(spec: SubmissionSpec, address: str) -> None:
-    """Before anything is sent: a cluster on another machine must be able to reach the tracking store and the
-    run storage. On a loopback address everything local is shared, so anything goes.
+    """Before anything is sent: the tracking URI holds no password (it would travel in the job's files, which
+    the cluster keeps; the password comes from the nodes' own ``$MLFLOW_TRACKING_PASSWORD``), and a cluster on
+    another machine must be able to reach the tracking store and the run storage. On a loopback address
+    everything local is shared, so any store or folder goes.
 
     Raises:
         AddressError: a malformed address.
@@ -203,11 +238,13 @@ def check_remote_settings(spec: SubmissionSpec, address: str) -> None:
             environment variable at fault.
     """
     url = parse_address(address)
+    uri = (spec.tracking_uri or "").strip()
+    problems = _password_problem(uri)
     if _is_loopback_host(urlsplit(url).hostname):
+        if problems:
+            raise RemoteSettingsError(problems)
         return
     where = f"the cluster at {address} runs on another machine"
-    problems = []
-    uri = (spec.tracking_uri or "").strip()
     set_it = (
         "set tracking.tracking_uri (e.g. --set tracking.tracking_uri=http://mlflow.example:5000) or "
         "$MLFLOW_TRACKING_URI to an MLflow server the cluster can reach"
@@ -218,15 +255,16 @@ def check_remote_settings(spec: SubmissionSpec, address: str) -> None:
             f"which {where} cannot reach; {set_it}"
         )
     elif uri.split(":", 1)[0] in ("databricks", "databricks-uc"):
-        pass  # a hosted server, reached with the credentials passed through
+        pass  # a hosted server, reached with the cluster nodes' own credentials
     elif "://" not in uri or uri.startswith(("sqlite:", "file:")):
         problems.append(
-            f"tracking.tracking_uri: {uri!r} is a store on this machine, which {where} cannot reach; {set_it}"
+            f"tracking.tracking_uri: {redact_uri(uri)!r} is a store on this machine, which {where} cannot "
+            f"reach; {set_it}"
         )
     elif _is_loopback_host(urlsplit(uri).hostname):
         problems.append(
-            f"tracking.tracking_uri: {uri!r} is this machine's loopback, which on the cluster means the "
-            f"cluster node itself; {set_it}"
+            f"tracking.tracking_uri: {redact_uri(uri)!r} is this machine's loopback, which on the cluster "
+            f"means the cluster node itself; {set_it}"
         )
     root = (spec.storage_root or "").strip()
     if not root.startswith("s3://"):
@@ -239,12 +277,28 @@ def check_remote_settings(spec: SubmissionSpec, address: str) -> None:
             endpoint = os.environ.get(var, "").strip()
             if endpoint and _is_loopback_host(urlsplit(endpoint).hostname):
                 problems.append(
-                    f"storage.path: its S3 endpoint ${var}={endpoint} is this machine's loopback, which the "
-                    "cluster cannot reach; point it at an S3 endpoint the cluster can reach"
+                    f"storage.path: its S3 endpoint ${var}={redact_uri(endpoint)} is this machine's loopback, "
+                    "which the cluster cannot reach; point it at an S3 endpoint the cluster can reach"
                 )
                 break
     if problems:
         raise RemoteSettingsError(problems)
+
+
+def _password_problem(uri: str) -> list[str]:
+    """The problem of a tracking URI that holds a password (none when it holds none)."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return []
+    if not password:
+        return []
+    return [
+        f"tracking.tracking_uri (or $MLFLOW_TRACKING_URI): {redact_uri(uri)!r} holds a password, which would "
+        "travel to the cluster in the job's files; give the URI without user name and password, and set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment of the cluster's nodes "
+        '(docs/submitting.md, "Secrets")'
+    ]
 
 
 # ------------------------------------------------------------------------------------------- token, client
@@ -447,11 +501,13 @@ __all__ = [
     "ClusterAccessError",
     "ClusterAuthError",
     "ClusterUnreachableError",
+    "InsecureAddressError",
     "JobNotFoundError",
     "JobsAPIError",
     "RemoteSettingsError",
     "Token",
     "check_remote_settings",
+    "check_transport",
     "connect",
     "is_loopback",
     "parse_address",

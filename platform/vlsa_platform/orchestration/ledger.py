@@ -32,7 +32,7 @@ RUNNING, FINISHED, FAILED, STOPPED = "RUNNING", "FINISHED", "FAILED", "STOPPED"
 
 
 class RecordError(LookupError):
-    """No submission matches (or several do)."""
+    """No submission matches (or several do, or the one named cannot be read)."""
 
 
 @dataclass
@@ -110,36 +110,91 @@ class SubmissionRecord:
         self.pid_started = psutil.Process(self.pid).create_time()
 
 
-def all_records(workdir: str | os.PathLike[str]) -> list[SubmissionRecord]:
-    """Every submission recorded in ``workdir``, oldest first."""
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A ``submission.json`` that cannot be read back (not JSON, a field missing or unknown...)."""
+
+    path: Path
+    """The record file."""
+    error: str
+    """Why it cannot be read: the parse error's type and message."""
+
+    @property
+    def id(self) -> str:
+        """The submission id its folder is named after."""
+        return self.path.parent.name
+
+    def describe(self) -> str:
+        return f"{self.path}: unreadable submission record ({self.error})"
+
+
+def scan(workdir: str | os.PathLike[str]) -> tuple[list[SubmissionRecord], list[UnreadableRecord]]:
+    """Every submission recorded in ``workdir`` (oldest first), and the record files that cannot be read."""
     root = Path(workdir) / RECORDS_DIR
-    records = []
+    records, unreadable = [], []
     for path in sorted(root.glob(f"*/{RECORD_FILE}")):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        try:
             records.append(SubmissionRecord.load(path))
-    return sorted(records, key=lambda r: r.started_at)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            unreadable.append(UnreadableRecord(path, " ".join(f"{type(err).__name__}: {err}".split())))
+    return sorted(records, key=lambda r: r.started_at), unreadable
+
+
+def all_records(workdir: str | os.PathLike[str]) -> list[SubmissionRecord]:
+    """Every readable submission recorded in ``workdir``, oldest first (:func:`scan` also says which are not)."""
+    return scan(workdir)[0]
+
+
+def _newer_than(unreadable: list[UnreadableRecord], started_at: float) -> list[UnreadableRecord]:
+    newer = []
+    for bad in unreadable:
+        with contextlib.suppress(OSError):  # gone since the scan: nothing to report
+            if bad.path.stat().st_mtime > started_at:
+                newer.append(bad)
+    return newer
 
 
 def find(workdir: str | os.PathLike[str], wanted: str | None = None) -> SubmissionRecord:
     """The submission whose id is ``wanted`` (or starts with it, or whose experiment it names — the latest
-    of those); the latest submission when ``wanted`` is ``None``."""
-    records = all_records(workdir)
-    if not records:
+    of those); the latest submission when ``wanted`` is ``None``.
+
+    A record that cannot be read is never passed over in silence: naming it (its id or a prefix of it only it
+    has), or asking for the latest when it was written after every readable one, raises :class:`RecordError`
+    naming its file and the parse error."""
+    records, unreadable = scan(workdir)
+    if wanted is None:
+        newer = _newer_than(unreadable, records[-1].started_at if records else float("-inf"))
+        if newer:
+            after = f" (after {records[-1].id})" if records else ""
+            raise RecordError(
+                f"a submission record written last{after} is unreadable: {newer[-1].describe()}"
+            )
+    if not records and not unreadable:
         raise RecordError(f"no submission recorded in {Path(workdir) / RECORDS_DIR}")
     if wanted is None:
         return records[-1]
     exact = [r for r in records if r.id == wanted]
     if exact:
         return exact[0]
+    bad_exact = [u for u in unreadable if u.id == wanted]
+    if bad_exact:
+        raise RecordError(bad_exact[0].describe())
     by_experiment = [r for r in records if r.spec.experiment == wanted]
-    if by_experiment:
+    if by_experiment:  # ids are "<experiment>-<time>": an unreadable later one of it is not passed over
+        later = [u for u in unreadable if u.id.startswith(f"{wanted}-") and u.id > by_experiment[-1].id]
+        if later:
+            raise RecordError(f"the latest submission of {wanted!r} is unreadable: {later[-1].describe()}")
         return by_experiment[-1]
     prefixed = [r for r in records if r.id.startswith(wanted)]
-    if len(prefixed) == 1:
+    bad_prefixed = [u for u in unreadable if u.id.startswith(wanted)]
+    if len(prefixed) == 1 and not bad_prefixed:
         return prefixed[0]
-    if prefixed:
-        raise RecordError(f"{wanted!r} matches several submissions: {', '.join(r.id for r in prefixed)}")
-    known = ", ".join(r.id for r in records[-5:])
+    if prefixed or len(bad_prefixed) > 1:
+        ids = ", ".join(sorted([r.id for r in prefixed] + [u.id for u in bad_prefixed]))
+        raise RecordError(f"{wanted!r} matches several submissions: {ids}")
+    if bad_prefixed:
+        raise RecordError(bad_prefixed[0].describe())
+    known = ", ".join(r.id for r in records[-5:]) or "none readable"
     raise RecordError(f"no submission {wanted!r} in {Path(workdir) / RECORDS_DIR} (latest: {known})")
 
 
@@ -151,6 +206,8 @@ __all__ = [
     "STOPPED",
     "RecordError",
     "SubmissionRecord",
+    "UnreadableRecord",
     "all_records",
     "find",
+    "scan",
 ]

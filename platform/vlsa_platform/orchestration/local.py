@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..redact import redact_uri
 from ..tracking.store import free_port, resolve_store, server_for
 from .ledger import FAILED, FINISHED, STOPPED, SubmissionRecord
 from .submission_types import WORKER_ENV, ClusterResourceError, SubmissionResult
@@ -37,28 +38,101 @@ class PlanRejected(ValueError):
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
-    """Start a local Ray (all CPUs unless ``num_cpus``) and yield its resources; shut it down after."""
+    """Start a local Ray (all CPUs unless ``num_cpus``) and yield its resources; shut it down after.
+
+    Every server of that Ray (GCS, raylet, workers, agents, dashboard) listens on 127.0.0.1 only, and it
+    requires Ray's token (``~/.ray/auth_token``, made on first use) whatever ``RAY_AUTH_MODE`` says: see
+    :func:`_loopback_token_settings` and SECURITY.md. Raises ``RuntimeError`` (Ray shut down again) when Ray
+    came up otherwise.
+    """
     import ray
 
     if ray.is_initialized():
         yield dict(ray.cluster_resources())
         return
-    # Without it Ray names the node by its outward address and some of its servers listen there.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host=LOOPBACK,
-        dashboard_port=free_port(LOOPBACK),
-        _node_ip_address=LOOPBACK,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": dict(WORKER_ENV)},
-    )
+    with _loopback_token_settings():
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host=LOOPBACK,
+            dashboard_port=free_port(LOOPBACK),
+            _node_ip_address=LOOPBACK,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": dict(WORKER_ENV)},
+        )
+        try:
+            _check_local_ray()
+            _restrict_default_token_file()
+            yield dict(ray.cluster_resources())
+        finally:
+            ray.shutdown()
+
+
+LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""What :func:`local_ray` sets while its Ray runs (the Ray processes it starts inherit them).
+``RAY_AUTH_MODE=token``: every gRPC and HTTP server of that Ray requires the token, explicitly rather than
+by Ray's default. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray names a node started at 127.0.0.1 by that
+address instead of the machine's outward one, which is what makes its servers bind loopback."""
+
+
+@contextlib.contextmanager
+def _loopback_token_settings() -> Iterator[None]:
+    """:data:`LOCAL_RAY_ENV` for the duration of the block, restored after.
+
+    A ``RAY_AUTH_MODE`` other than ``token`` in the environment is overridden with a warning rather than
+    refused: it is meant for a cluster elsewhere, and this Ray is private to the submission. Ray reads
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when it is imported (``ray_constants.ENABLE_RAY_CLUSTER``),
+    and caches ``RAY_AUTH_MODE`` in its config object; both are refreshed here, then restored.
+    """
+    from ray._private import ray_constants
+    from ray._raylet import Config
+
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        logging.getLogger(__name__).warning(
+            "RAY_AUTH_MODE=%s in the environment is ignored: the local Ray always requires its token", mode
+        )
+    old_env = {key: os.environ.get(key) for key in LOCAL_RAY_ENV}
+    old_cluster = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOCAL_RAY_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    Config.initialize("")
     try:
-        yield dict(ray.cluster_resources())
+        yield
     finally:
-        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = old_cluster
+        for key, value in old_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        Config.initialize("")
+
+
+def _check_local_ray() -> None:
+    """Raise ``RuntimeError`` unless the Ray just started is named by the loopback address (so its servers
+    bind there) and requires its token: a Ray release that changed either would otherwise go unnoticed."""
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:
+        raise RuntimeError(f"the local Ray came up on {node_ip}, not {LOOPBACK}; its servers are reachable")
+    if not is_token_auth_enabled():
+        raise RuntimeError("the local Ray came up without token authentication")
+
+
+def _restrict_default_token_file() -> None:
+    """Make Ray's default token file (``~/.ray/auth_token``, which ``ray.init`` writes with the umask's mode,
+    often 0644) readable by its owner only; a token given by ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` is
+    the user's to protect."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    token_file = Path.home() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError):
+        if token_file.stat().st_mode & 0o077:
+            token_file.chmod(0o600)
 
 
 @contextlib.contextmanager
@@ -113,7 +187,8 @@ def _checked_plan(stack: contextlib.ExitStack, config: Any) -> Callable[[], None
 
 
 def _start(record: SubmissionRecord, resume: bool, tracking_uri: str, say: Callable[[str], None]) -> None:
-    """Record this process as the running driver, and say what runs where."""
+    """Record this process as the running driver, and say what runs where (the tracking URI's password
+    masked: :func:`vlsa_platform.redact.redact_uri`; the record keeps the URI as given)."""
     spec = record.spec
     record.mark_driver()
     record.state = "RUNNING"
@@ -122,7 +197,7 @@ def _start(record: SubmissionRecord, resume: bool, tracking_uri: str, say: Calla
     record.save()
     say(f"submission {spec.submission_id}: {spec.kind} of {spec.experiment!r} from {spec.source}")
     say(f"  storage {spec.storage_root}")
-    say(f"  MLflow  {record.tracking_uri}")
+    say(f"  MLflow  {redact_uri(tracking_uri)}")
 
 
 def run_local(record: SubmissionRecord, *, resume: bool, check: bool = False) -> SubmissionResult | None:

@@ -5,13 +5,14 @@ append to its queues (:meth:`Sender.put_metrics`, :meth:`Sender.put`); the threa
 ``log_batch`` (≤ 1000 values per request), then one param/tag/artifact/status request at a time. Queues are
 bounded by :class:`TrackerOptions` (the oldest metric values, or the oldest artifact, are dropped and counted);
 each request gets ``retries`` tries with exponential backoff, a single try while the server is unreachable;
-what cannot be sent is dropped and counted, never raised. A (key, step) is sent once: steps not above the last
-one sent for a key (or read from the run's history on attach) are skipped and counted as duplicates.
+what cannot be sent is dropped and counted, never raised, and never unsaid: the first :data:`LOGGED_FAILURES`
+failed requests of a run are logged in full, later ones counted, a full queue says so the first time it drops,
+and :meth:`Sender.close` logs a summary of everything dropped. A (key, step) is sent once: steps not above the
+last one sent for a key (or read from the run's history on attach) are skipped and counted as duplicates.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import tempfile
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
 MAX_PARAMS_PER_BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH
 _NO_STEP = -(2**62)
+LOGGED_FAILURES = 5
+"""Failed requests of one run logged one by one; the ones after are counted and summarised at close."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class Sender:
         self._last_step: dict[str, int] = {}
         self._params: dict[str, str] = {}
         self._counts = {"sent": 0, "dropped": 0, "duplicates": 0, "failed_requests": 0}
+        self._logged_failures = 0
+        self._unlogged_failures = 0
+        self._failed_since_up = 0
+        self._overflow_said: set[str] = set()
         self._thread = threading.Thread(target=self._work, name=f"mlflow-tracker-{run_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -100,6 +107,7 @@ class Sender:
                 if len(self._metrics) >= self.options.max_queued_metrics:
                     self._metrics.popleft()  # the oldest go first: the latest values matter most
                     self._counts["dropped"] += 1
+                    self._say_overflow("metric values (the oldest first)", "max_queued_metrics")
                 self._metrics.append(metric)
             self._cond.notify_all()
 
@@ -115,9 +123,11 @@ class Sender:
                     victim = self._ops[0]
                 if victim is None:  # only params/tags queued: the new artifact is the one to go
                     self._counts["dropped"] += 1
+                    self._say_overflow("requests (artifacts first)", "max_queued_ops")
                     return
                 self._ops.remove(victim)
                 self._counts["dropped"] += 1
+                self._say_overflow("requests (artifacts first)", "max_queued_ops")
             self._ops.append(op)
             self._cond.notify_all()
 
@@ -165,14 +175,50 @@ class Sender:
             self._ops.clear()
             self._cond.notify_all()
             ok = left == 0 and not self._thread.is_alive() and self._counts["dropped"] == 0
+            counts, unlogged = dict(self._counts), self._unlogged_failures
         if left:
             log.warning("tracking: run %s closed with %d items unsent", self.run_id, left)
+        if counts["dropped"] or counts["failed_requests"]:
+            log.warning(
+                "tracking: run %s: %d items dropped in all, %d requests failed (%d of them not logged above)",
+                self.run_id,
+                counts["dropped"],
+                counts["failed_requests"],
+                unlogged,
+            )
         return ok
 
     def stats(self) -> dict[str, int]:
         """``sent``, ``dropped``, ``duplicates``, ``failed_requests`` and what is still ``queued``."""
         with self._cond:
             return {**self._counts, "queued": len(self._metrics) + len(self._ops)}
+
+    def _say_overflow(self, what: str, option: str) -> None:
+        """Log the first time a queue drops something (under ``self._cond``); close() sums up the rest."""
+        if option not in self._overflow_said:
+            self._overflow_said.add(option)
+            log.warning(
+                "tracking: run %s: queue full (%s=%d); dropping %s, counted and summarised at close",
+                self.run_id,
+                option,
+                getattr(self.options, option),
+                what,
+            )
+
+    def _report_failure(self, message: str, *args: Any) -> None:
+        """Log a failed request in full while fewer than :data:`LOGGED_FAILURES` were; count it after that."""
+        with self._cond:
+            if self._logged_failures >= LOGGED_FAILURES:
+                self._unlogged_failures += 1
+                return
+            self._logged_failures += 1
+            last = self._logged_failures == LOGGED_FAILURES
+        log.warning(
+            "tracking: "
+            + message
+            + ("; further failures are counted and summarised at close" if last else ""),
+            *args,
+        )
 
     # -- the sender thread --------------------------------------------------------------------------------
 
@@ -190,13 +236,18 @@ class Sender:
                 metrics = [self._metrics.popleft() for _ in range(count)]
                 op = self._ops.popleft() if self._ops else None
                 self._in_flight = 1
+            sending_metrics = True
             try:
                 if metrics:
                     self._send_metrics(metrics)
+                sending_metrics = False
                 if op is not None:
                     self._send_op(op)
             except Exception:  # never let the sender die: a dead sender would make every flush wait
-                log.exception("tracking: unexpected error in the sender")
+                lost = (len(metrics) if sending_metrics else 0) + (op is not None)
+                with self._cond:
+                    self._counts["dropped"] += lost
+                log.exception("tracking: unexpected error in the sender; %d items dropped", lost)
             finally:
                 with self._cond:
                     self._in_flight = 0
@@ -210,18 +261,24 @@ class Sender:
                 return False
             try:
                 fn()
-                self._server_down = False
+                if self._server_down:
+                    log.warning(
+                        "tracking: MLflow answers again for run %s, after %d failed requests",
+                        self.run_id,
+                        self._failed_since_up,
+                    )
+                self._server_down, self._failed_since_up = False, 0
                 return True
             except Exception as err:
                 if is_permanent(err):
-                    log.warning("tracking: %s rejected by MLflow: %s", what, err)
+                    self._report_failure("%s rejected by MLflow (dropped): %s", what, err)
                     return False
                 if attempt + 1 == tries:
                     with self._cond:
                         self._counts["failed_requests"] += 1
-                    if not self._server_down:
-                        log.warning("tracking: %s failed after %d tries (dropped): %s", what, tries, err)
+                    self._report_failure("%s failed after %d tries (dropped): %s", what, tries, err)
                     self._server_down = True
+                    self._failed_since_up += 1
                     return False
                 pause = self.options.backoff_s * 2**attempt
                 if self._deadline is not None:
@@ -347,8 +404,15 @@ class Sender:
         if latest is None:
             latest = []
             for key in run.data.metrics:
-                with contextlib.suppress(Exception):
+                try:
                     latest.extend(self.client.get_metric_history(self.run_id, key))
+                except Exception as err:  # dedup of this key is then off: say so, do not stop attaching
+                    self._report_failure(
+                        "history of metric %s of run %s not read (its steps are not checked): %s",
+                        key,
+                        self.run_id,
+                        err,
+                    )
         for metric in latest:
             self._last_step[metric.key] = max(metric.step, self._last_step.get(metric.key, _NO_STEP))
         self._params.update(run.data.params)

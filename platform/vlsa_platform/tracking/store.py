@@ -9,7 +9,10 @@ Resolution order (DESIGN.md §4, "Defaults that work with nothing running"):
 One process writing the SQLite file directly is fine. Several processes (parallel trials, each rank 0 of its
 own TorchTrainer) writing it directly can hit "database is locked", so ``submit`` wraps the run in a
 :class:`LocalTrackingServer`: one ``mlflow server`` process on 127.0.0.1 that owns the file and serves the
-artifacts, and every writer talks HTTP to it.
+artifacts, and every writer talks HTTP to it. That server runs under a guard that ends it when the process
+that started it dies, and is recorded in the workdir so that a leftover one is ended before another starts
+(:mod:`.server_process`). With :class:`BasicAuth` it requires a user name and password (MLflow's
+``basic-auth`` app; SECURITY.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,10 +29,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from .server_process import end_leftover_servers, guarded, record_path, write_record
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,11 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DB_FILE = "mlruns.db"
 ARTIFACTS_DIR = "mlartifacts"
 _HOST = "127.0.0.1"
+AUTH_CONFIG_FILE = "basic_auth.ini"
+AUTH_DB_FILE = "basic_auth.db"
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,58 @@ def free_port(host: str = _HOST) -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class BasicAuth:
+    """The admin account of a tracking server run with MLflow's ``basic-auth`` app: every request but
+    ``/health`` then needs these credentials (HTTP basic auth), which MLflow clients send when
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` are set (:meth:`client_env`).
+
+    MLflow creates the admin the first time the server starts on an empty user store
+    (``<workdir>/basic_auth.db``); later starts on that workdir must be given the same password (MLflow
+    ignores the bootstrap settings once the user exists).
+    """
+
+    username: str
+    """The admin user's name."""
+    password: str = field(repr=False)
+    """Its password (never printed)."""
+
+    @classmethod
+    def from_env(cls) -> BasicAuth:
+        """The credentials in ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (what the clients
+        will use). Raises ``ValueError`` naming the variable that is missing or empty."""
+        values = {name: os.environ.get(name, "") for name in (USERNAME_ENV, PASSWORD_ENV)}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ValueError(f"MLflow basic auth needs {' and '.join(missing)} set (the admin's credentials)")
+        return cls(values[USERNAME_ENV], values[PASSWORD_ENV])
+
+    def client_env(self) -> dict[str, str]:
+        """The variables with which MLflow clients (the driver, Ray workers) authenticate."""
+        return {USERNAME_ENV: self.username, PASSWORD_ENV: self.password}
+
+    def server_env(self, workdir: Path) -> dict[str, str]:
+        """The variables that make ``mlflow server --app-name basic-auth`` keep its users in
+        ``workdir/basic_auth.db`` (config written to ``workdir/basic_auth.ini``: no password in it) and
+        bootstrap this admin; unknown users get no permission. MLflow also requires a secret key for the
+        CSRF protection of its UI."""
+        config = workdir / AUTH_CONFIG_FILE
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{workdir / AUTH_DB_FILE}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+            encoding="utf-8",
+        )
+        return {
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_USERNAME": self.username,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.password,
+            # The key of the UI's CSRF tokens: the one in the environment, else one for this server's life.
+            SECRET_KEY_ENV: os.environ.get(SECRET_KEY_ENV) or secrets.token_urlsafe(32),
+        }
+
+
 class TrackingServerError(RuntimeError):
     """The local tracking server did not come up (the message carries the end of its log)."""
 
@@ -107,6 +170,13 @@ class LocalTrackingServer:
     The server runs in its own process group, which :meth:`stop` ends (SIGTERM, then SIGKILL after
     ``stop_timeout_s``) so no uvicorn worker is left behind. One worker process by default: SQLite takes one
     writer at a time anyway, and one process is what removes "database is locked".
+
+    The process group is led by a guard (:mod:`.server_guard`) that ends it when the process that launched
+    the server dies, and each running server is recorded as ``mlflow-server.<pgid>.json`` in ``workdir``;
+    :meth:`launch` first ends a recorded server whose owner is gone (:func:`.server_process.end_leftover_servers`).
+
+    ``basic_auth``: run MLflow's ``basic-auth`` app with this admin (:class:`BasicAuth`); ``None`` (the
+    default) serves without authentication — to 127.0.0.1 only.
     """
 
     def __init__(
@@ -119,8 +189,10 @@ class LocalTrackingServer:
         workers: int = 1,
         startup_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
+        basic_auth: BasicAuth | None = None,
     ) -> None:
         self.workdir = Path(workdir).expanduser().resolve()
+        self.basic_auth = basic_auth
         self._backend_uri = backend_uri
         self._artifacts_destination = artifacts_destination
         self.port = port
@@ -163,6 +235,7 @@ class LocalTrackingServer:
             self.workdir.mkdir(parents=True, exist_ok=True)
             if self._artifacts_destination is None:
                 (self.workdir / ARTIFACTS_DIR).mkdir(exist_ok=True)
+            end_leftover_servers(self.workdir, timeout_s=self.stop_timeout_s)
             self._spawn(self.port if self.port is not None else free_port())
         return self
 
@@ -207,14 +280,18 @@ class LocalTrackingServer:
             "--artifacts-destination",
             self.artifacts_destination,
         ]
+        if self.basic_auth is not None:
+            cmd += ["--app-name", "basic-auth"]
         env = dict(os.environ)
         env.pop(TRACKING_URI_ENV, None)
         # Server-side jobs (huey consumers: prompt optimisation, trace roll-ups) are not used here; they cost
         # seven extra processes and tens of seconds of startup on a small machine.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        if self.basic_auth is not None:
+            env.update(self.basic_auth.server_env(self.workdir))
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                cmd,
+                guarded(cmd),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -224,6 +301,7 @@ class LocalTrackingServer:
             )
         self._spawned_port = port
         self._healthy = False
+        write_record(self.workdir, self._proc.pid, f"http://{_HOST}:{port}", self.backend_uri)
 
     def _wait_healthy(self) -> bool:
         """Wait for the launched process to answer ``/health``; ``False`` (and the process ended) if it exits
@@ -250,6 +328,7 @@ class LocalTrackingServer:
         self._healthy = False
         if proc is None:
             return
+        record_path(self.workdir, proc.pid).unlink(missing_ok=True)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -319,6 +398,7 @@ __all__ = [
     "ARTIFACTS_DIR",
     "DB_FILE",
     "TRACKING_URI_ENV",
+    "BasicAuth",
     "LocalTrackingServer",
     "TrackingServerError",
     "TrackingStore",

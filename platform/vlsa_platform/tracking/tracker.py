@@ -21,6 +21,11 @@ Metric steps are the trainer's global step. A (key, step) is never logged twice:
 above the last step logged for that key is skipped (:attr:`Tracker.duplicates`). On attach, the run's latest
 step per key is read first, so a run resumed from an earlier checkpoint replays no steps into MLflow.
 Images (reconstruction panels) are drawn by :mod:`.panels`.
+
+Params, tags, dict and text artifacts (the resolved config as params and as ``config/resolved.yaml``) pass
+through :func:`vlsa_platform.redact.redact` / :func:`~vlsa_platform.redact.redact_text` on their way in: a
+password in a URI, a value under a key named like a secret, the value of a secret variable of this process are
+recorded as ``***``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from ..redact import redact, redact_text
 from . import names
 from .client import TrackingURI, is_permanent, mlflow_client, tracking_uri
 from .panels import as_image, reconstruction_panel
@@ -157,7 +163,7 @@ class Tracker:
     ) -> Tracker:
         run = _retry(
             lambda: client.create_run(
-                experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name
+                experiment_id, tags=redact({k: str(v) for k, v in tags.items()}), run_name=run_name
             ),
             f"create run {run_name!r}",
             options.retries,
@@ -204,12 +210,13 @@ class Tracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Queue params; nested mappings are flattened (:func:`~.names.flatten_params`). A key already logged
         with the same value is skipped; with another value it is dropped (MLflow params are immutable)."""
-        flat = names.flatten_params(params)
+        flat = names.flatten_params(redact(dict(params)))
         if flat:
             self._sender.put(Op("params", flat))
 
     def log_config(self, resolved: Mapping[str, Any]) -> None:
-        """The resolved config as ``config/resolved.yaml`` and as flattened params."""
+        """The resolved config as ``config/resolved.yaml`` and as flattened params, secrets masked (the
+        module docstring); the config the run uses, and its digest, are the caller's, unchanged."""
         self.log_dict(dict(resolved), names.ARTIFACT_RESOLVED_CONFIG)
         self.log_params(resolved)
 
@@ -219,9 +226,10 @@ class Tracker:
         self._sender.put(Op("reopen", None))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Queue tags (values as strings)."""
+        """Queue tags (values as strings, secrets masked)."""
         if tags:
-            self._sender.put(Op("tags", {names.clean_key(k): str(v) for k, v in tags.items()}))
+            masked = redact({str(k): str(v) for k, v in tags.items()})
+            self._sender.put(Op("tags", {names.clean_key(k): v for k, v in masked.items()}))
 
     def log_artifact_file(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Queue a local file for upload under ``artifact_path`` (a folder in the run's artifacts). The file
@@ -229,15 +237,18 @@ class Tracker:
         self._sender.put(Op("file", str(path), artifact_path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        """Queue ``text`` as the artifact ``artifact_file`` (a path inside the run's artifacts)."""
-        self._sender.put(Op("bytes", text.encode(), artifact_file))
+        """Queue ``text`` (secrets masked) as the artifact ``artifact_file`` (a path inside the run's
+        artifacts)."""
+        self._sender.put(Op("bytes", redact_text(text).encode(), artifact_file))
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        """Queue ``data`` as YAML (``.yaml``/``.yml``) or JSON (anything else) at ``artifact_file``."""
+        """Queue ``data`` (secrets masked) as YAML (``.yaml``/``.yml``) or JSON (anything else) at
+        ``artifact_file``."""
+        plain = redact(_plain(data))
         if artifact_file.endswith((".yaml", ".yml")):
-            text = yaml.safe_dump(_plain(data), sort_keys=False, allow_unicode=True)
+            text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
         else:
-            text = json.dumps(_plain(data), indent=2, sort_keys=False, default=str)
+            text = json.dumps(plain, indent=2, sort_keys=False, default=str)
         self.log_text(text, artifact_file)
 
     def log_deepspeed_config(self, stage: str, config: Mapping[str, Any]) -> None:
