@@ -92,6 +92,10 @@ def read_yaml(text: str, shown: str) -> tuple[Any, Lines]:
             return loader.construct_object(node, deep=True)
         except (ValueError, OverflowError) as err:  # a scalar its tag cannot hold: 2001-13-45, 5000 digits
             raise ConfigError(f"{shown}:{node.start_mark.line + 1}: {dotted(loc)}: {err}") from None
+        except yaml.constructor.ConstructorError:  # a tag SafeLoader has no constructor for (!!python/...)
+            raise ConfigError(
+                f"{shown}:{node.start_mark.line + 1}: {dotted(loc)}: unsupported YAML tag {node.tag}"
+            ) from None
 
     def build(node: yaml.Node, loc: Loc) -> Any:
         # The composer has refused aliases inside themselves and documents past the bounds, so this

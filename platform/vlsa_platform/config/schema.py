@@ -416,19 +416,24 @@ def _check_sweep_keys(raw: dict[str, Any], config: ExperimentConfig) -> None:
             check_key(ExperimentConfig, base, loc)
         except KeyIssue as issue:
             raise FieldIssue(where, issue.message) from None
-        outcomes, probes = [], []
-        for value in domain.probe_values():
+        # Every value is validated (the plan builds one config per trial; a bad third grid value must be
+        # refused here, at its line, not when the plan is built); the first two distinct ones also probe the
+        # key's effect.
+        outcomes, probes, distinct = [], [], []
+        for at, value in domain.indexed_values():
             trial = copy.deepcopy(base)
             set_dotted(trial, loc, value)
             try:
-                probes.append(ExperimentConfig.model_validate(trial))
-                resolved = probes[-1].model_dump(mode="json", exclude={"loss"})
+                checked = ExperimentConfig.model_validate(trial)
             except ValidationError as err:
                 bad_loc, message = problem(err.errors()[0], ExperimentConfig)
                 raise FieldIssue(
-                    where, f"{key} = {value!r} gives a bad config: {dotted(bad_loc)}: {message}"
+                    (*where, *at), f"{key} = {value!r} gives a bad config: {dotted(bad_loc)}: {message}"
                 ) from None
-            outcomes.append(resolved)
+            if value not in distinct and len(distinct) < 2:
+                distinct.append(value)
+                probes.append(checked)
+                outcomes.append(checked.model_dump(mode="json", exclude={"loss"}))
         if len(outcomes) == 2 and outcomes[0] == outcomes[1]:
             raise FieldIssue(
                 where,

@@ -46,6 +46,11 @@ class Domain(Section):
     def kind(self) -> str:
         return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
 
+    def indexed_values(self) -> list[tuple[tuple[str, int], Any]]:
+        """Every value written, with where it sits in the domain: ``(("grid", 2), 1.0)``; a range's bounds."""
+        kind = self.kind
+        return [((kind, i), value) for i, value in enumerate(getattr(self, kind))]
+
     def probe_values(self) -> list[Any]:
         """Up to two distinct values from the domain, used to check that the key is real and has an effect."""
         if self.grid is not None or self.choice is not None:

@@ -10,9 +10,10 @@ attention kernels and LoRA targets from here.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, get_args
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from .errors import FieldIssue
 
@@ -66,7 +67,12 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 # Upper bounds of the schema's integer fields: far above anything a real run needs, low enough that a typo
 # (an extra zero run, 10**30) is refused by ``validate`` instead of reaching Ray, DeepSpeed or the plan's
-# arithmetic. Float fields need no such list: :class:`Section` refuses inf and NaN in every one of them.
+# arithmetic. Float fields need no such list: :class:`Section` refuses inf, NaN and magnitudes past
+# :data:`MAX_FLOAT` in every one of them.
+
+#: Largest magnitude of any float field: float32's largest finite value (about 3.4e38). Training computes
+#: in float32 or bf16 (the same range), where a larger learning rate, loss weight or factor is inf.
+MAX_FLOAT = 3.4028234663852886e38
 
 #: Most samples in one optimizer step or forward pass (``global_batch``, ``micro_batch``, ``grad_accum``,
 #: validation decoding batches): 2**24, about 16.8 M; the largest published LLM batches are a few thousand
@@ -180,11 +186,40 @@ def derive_grad_accum(global_batch: int, micro_batch: int, num_workers: int, gra
     return derived
 
 
+def _huge_floats(
+    value: Any, loc: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], float]]:
+    """``(path, value)`` of every float past :data:`MAX_FLOAT` in a field's value (its lists, tuples and
+    mappings; a nested section checks its own fields)."""
+    if isinstance(value, float) and abs(value) > MAX_FLOAT:
+        yield loc, value
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _huge_floats(item, (*loc, i))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _huge_floats(item, (*loc, key))
+
+
 class Section(BaseModel):
     """Base of every section: unknown keys are errors; attribute docstrings become field descriptions; every
-    float field is finite (YAML's ``.inf``, ``.nan`` and ``1e999`` are refused)."""
+    float field is finite (YAML's ``.inf``, ``.nan`` and ``1e999`` are refused) and within :data:`MAX_FLOAT`
+    (``10**40`` is refused too)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _within_float32(cls, value: Any) -> Any:
+        huge = next(_huge_floats(value), None)
+        if huge is not None:
+            loc, number = huge
+            raise FieldIssue(
+                loc,
+                f"{number:.3g} is past float32's largest value ({MAX_FLOAT:.3g}): training computes in "
+                "float32 or bf16, where it is inf",
+            )
+        return value
 
 
 __all__ = [
@@ -192,6 +227,7 @@ __all__ = [
     "LLAMA_LINEARS",
     "MAX_BATCH",
     "MAX_COUNT",
+    "MAX_FLOAT",
     "MAX_RECORDS",
     "MAX_SEED",
     "MAX_STEPS",
