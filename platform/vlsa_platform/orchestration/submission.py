@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -69,8 +70,10 @@ def _trial(
     tracking_uri: str,
     parent_run_id: str,
     model_numbers: Any = None,
+    launch: str | None = None,
 ) -> None:
-    """A Tune trial: train its run through every stage (resuming what an earlier attempt left)."""
+    """A Tune trial: train its run through every stage (resuming what an earlier attempt left; a stage that
+    diverged in this ``launch`` of the submission is not trained again by Tune's retry)."""
     from ray import tune
 
     sub = SubmissionSpec.from_dict(spec)
@@ -94,6 +97,7 @@ def _trial(
         if config.sweep is not None and config.sweep.scheduler.kind == "asha"
         else None,
         rung_clock=worker_clock(config),  # ASHA's clock in every report; waits only where it decides
+        launch=launch,
     )
 
 
@@ -314,6 +318,7 @@ def _tuner(
             tracking_uri=tracking_uri,
             parent_run_id=parent_run_id,
             model_numbers=model_numbers(config),
+            launch=uuid.uuid4().hex,  # this driver's launch (submit or resume): see run_training
         ),
         TRIAL_DRIVER_RESOURCES,
     )

@@ -19,7 +19,8 @@ Layout of a run in the run storage (a local folder or ``s3://``, ``storage.path`
         <stage>.complete.json    written when the stage finished: its final checkpoint, steps, device-hours
                                  (or adopted: a shared prefix another run trained, :mod:`.prefixes`)
         <stage>.diverged.json    written when the stage stopped for non-finite losses (``training.on_nonfinite``):
-                                 the reason, raised by the driver as ``DivergedError`` (no Ray retry)
+                                 the reason and the launch, raised by the driver as ``DivergedError`` (no
+                                 Ray Train retry; Tune's retries in the same launch end with it at once)
     <storage>/<experiment>/prefixes/   claims and publications of shared stage prefixes
 
 Each segment gets the ``ScalingConfig`` of its resolved placement (workers, GPU or not, the accelerator-type
@@ -52,6 +53,7 @@ from ..tracking import names
 from ..tracking.store import TrackingStore
 from ..tracking.tracker import Tracker, git_commit
 from ..train.spec import EXPORT_DIR, PROGRESS_FILE, DivergedError, StageSpec
+from . import divergence
 from .plan import PlannedRun, plan_run, stage_placements
 from .prefixes import SharedPrefixes, publish
 from .rungs import RUNG_CLOCK, RungClock
@@ -94,11 +96,6 @@ def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
 
 def _complete_marker(directory: str, stage: str) -> str:
     return storage.join(directory, f"{stage}.complete.json")
-
-
-def _diverged_marker(directory: str, stage: str) -> str:
-    """``<stage>.diverged.json``: the reason a stage stopped for non-finite losses (``training.on_nonfinite``)."""
-    return storage.join(directory, f"{stage}.diverged.json")
 
 
 def _read_marker(directory: str, stage: str) -> StageOutcome:
@@ -278,7 +275,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             # Not a failure for Ray to retry (resumed, the stage would diverge again): every rank ends the
             # segment here and the driver raises it from rank 0's marker (_run_segments).
             if ctx.rank == 0:
-                storage.write_text(_diverged_marker(directory, spec.stage), json.dumps({"reason": str(err)}))
+                divergence.record(directory, spec.stage, str(err), loop_config.get("launch"))
             return
         # Each rank's report returns once its own files of the final checkpoint are uploaded, not rank 0's:
         # wait for every rank before reading rank 0's progress file here and its export in the next stage.
@@ -351,6 +348,7 @@ def _fit_segment(
     callbacks: Sequence[Any] = (),
     await_decisions: str | None = None,
     rung_clock: RungClock | None = None,
+    launch: str | None = None,
 ) -> Any:
     """Train one segment (``specs``, after ``previous``) on one ``TorchTrainer``; rank 0 publishes the stages
     in ``publish`` (stage -> prefix folder)."""
@@ -382,6 +380,7 @@ def _fit_segment(
             "rung_clock": rung_clock.to_dict() if rung_clock is not None else None,
             "publish": dict(publish),
             "run_name": run_name,
+            "launch": launch,
         },
         scaling_config=_scaling_config(placements[specs[0].stage], config.data.loader_workers),
         run_config=run_config,
@@ -443,6 +442,7 @@ def run_training(
     callbacks: Sequence[Any] = (),
     await_decisions: str | None = None,
     rung_clock: RungClock | None = None,
+    launch: str | None = None,
 ) -> TrainingResult:
     """Train ``run`` through all its stages (resuming a run of the same name found in ``storage_root``).
 
@@ -458,6 +458,7 @@ def run_training(
             the sweep metric: after each validation Tune sees, rank 0 waits for the decision on it.
         rung_clock: in a Tune trial of an ASHA sweep (``decisions.worker_clock``): rank 0 writes ASHA's clock
             (``rungs.RUNG_CLOCK``) into every report, and waits for decisions only at its rung ticks.
+        launch: this launch of the submission (one per driver), for the divergence markers (:mod:`.divergence`).
     """
     import ray
 
@@ -493,6 +494,7 @@ def run_training(
         callbacks=callbacks,
         await_decisions=await_decisions,
         rung_clock=rung_clock,
+        launch=launch,
     )
     rungs_from = rung_clock.from_stage if rung_clock is not None else None
     run_id = tracker.run_id if tracker else None
@@ -503,14 +505,12 @@ def run_training(
     try:
         with sharing.claims.kept_alive() if sharing is not None else contextlib.nullcontext():
             segments = _segments(stages, placements)
-            outcomes = _run_segments(name, directory, segments, stages, spec_for, fit, sharing)
+            outcomes = _run_segments(name, directory, segments, stages, spec_for, fit, sharing, launch)
         status = "FINISHED"
     finally:
         if tracker is not None:
             tracker.close(status=status, timeout=30)
-    return TrainingResult(
-        name=name, directory=directory, run_id=tracker.run_id if tracker else None, stages=outcomes
-    )
+    return TrainingResult(name=name, directory=directory, run_id=run_id, stages=outcomes)
 
 
 def _run_segments(
@@ -521,6 +521,7 @@ def _run_segments(
     spec_for: Callable[[int], StageSpec],
     fit: Callable[[list[StageSpec], StageOutcome | None, Mapping[str, str]], Any],
     sharing: SharedPrefixes | None = None,
+    launch: str | None = None,
 ) -> list[StageOutcome]:
     """Fit each segment of run ``name`` in turn (``fit(specs, previous stage's outcome, stages to publish)``),
     skipping those whose stages are all marked complete or adopted from a shared prefix (``sharing``); each
@@ -537,9 +538,7 @@ def _run_segments(
                 outcomes.append(previous)
             continue
         publish = sharing.claim_for_training(to_train) if sharing is not None else {}
-        for stage in to_train:  # an earlier launch's divergence; this one tries again
-            if storage.exists(_diverged_marker(directory, stage)):
-                storage.delete(_diverged_marker(directory, stage))
+        divergence.clear_before_training(name, directory, to_train, launch)
         result = fit([spec_for(i) for i in segment], previous, publish)
         if result.error is not None:
             raise RuntimeError(
@@ -547,8 +546,7 @@ def _run_segments(
             ) from result.error
         for stage in names_in:
             if not storage.exists(_complete_marker(directory, stage)):
-                if storage.exists(diverged := _diverged_marker(directory, stage)):
-                    raise DivergedError(f"run {name}: {json.loads(storage.read_text(diverged))['reason']}")
+                divergence.raise_recorded(name, directory, stage)
                 raise RuntimeError(f"stage {stage} of run {name} ended without completing")
             previous = _read_marker(directory, stage)
             outcomes.append(previous)
