@@ -1,4 +1,5 @@
-"""A real Ray head for tests: ``ray start --head --block`` on 127.0.0.1, token authentication on.
+"""A real Ray head for tests: ``infra/scripts/ray-node.sh head`` (``ray start --head --block``, as every deployed
+node runs it) on 127.0.0.1, token authentication on.
 
 Everything is the test's own: a random token in a file of the test (``RAY_AUTH_TOKEN_PATH`` in the head's
 environment, so Ray never reads or writes ``~/.ray/auth_token``), every port picked free here (the head, the
@@ -34,6 +35,9 @@ from pathlib import Path
 
 from ..services import HOST, free_ports, spawn, started, stop_group, wait_ready
 
+NODE_SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "scripts" / "ray-node.sh"
+"""The start-up script every deployed node runs (the AWS nodes, the docker-compose services): the head here is
+started by it, so what the tests exercise is what is deployed."""
 STARTUP_TIMEOUT_S = 120.0
 """Bound on the head coming up (the Jobs API answering); a loaded 2-core machine takes 10-30 s."""
 STARTED_LINE = "Ray runtime started."
@@ -115,72 +119,57 @@ def _stop(proc: subprocess.Popen[bytes], temp_dir: Path, grace_s: float = 3.0) -
 def _start(
     root: Path, token: str, num_cpus: int, resources: Mapping[str, float] | None, env: Mapping[str, str]
 ) -> tuple[subprocess.Popen[bytes], RayHead]:
-    ray_bin = Path(sys.executable).parent / "ray"
     token_path = root / "auth_token"
     token_path.write_text(token)
     token_path.chmod(0o600)
     # Short: Ray puts Unix sockets under it (107-byte path limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="vrh", dir="/tmp"))
-    (
-        gcs,
-        dashboard,
-        client,
-        agent_http,
-        agent_grpc,
-        runtime_env_agent,
-        metrics,
-        node_manager,
-        object_manager,
-    ) = free_ports(9)
-    cmd = [
-        str(ray_bin),
-        "start",
-        "--head",
-        "--block",
-        f"--node-ip-address={HOST}",
-        f"--port={gcs}",
-        "--include-dashboard=true",
-        f"--dashboard-host={HOST}",
-        f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={client}",
-        f"--dashboard-agent-listen-port={agent_http}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--runtime-env-agent-port={runtime_env_agent}",
-        f"--metrics-export-port={metrics}",
-        f"--node-manager-port={node_manager}",
-        f"--object-manager-port={object_manager}",
-        f"--num-cpus={num_cpus}",
-        "--num-gpus=0",
-        f"--object-store-memory={256 * 1024**2}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]
-    if resources:
-        cmd.append(f"--resources={json.dumps(dict(resources))}")
+    ports = dict(
+        zip(
+            (
+                "VLSA_RAY_PORT",
+                "VLSA_DASHBOARD_PORT",
+                "VLSA_CLIENT_PORT",
+                "VLSA_DASHBOARD_AGENT_PORT",
+                "VLSA_DASHBOARD_AGENT_GRPC_PORT",
+                "VLSA_RUNTIME_ENV_AGENT_PORT",
+                "VLSA_METRICS_PORT",
+                "VLSA_NODE_MANAGER_PORT",
+                "VLSA_OBJECT_MANAGER_PORT",
+            ),
+            map(str, free_ports(9)),
+            strict=True,
+        )
+    )
     head_env = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
+        if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")
+        and not key.startswith("VLSA_")
     }
     head_env.update(
         {
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token_path),
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # Ray replaces a loopback --node-ip-address with the machine's outward address (and asks the
-            # network which one that is); this single-node switch keeps every Ray address on 127.0.0.1.
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            **ports,
+            "VLSA_RAY_TOKEN_FILE": str(token_path),
+            "VLSA_NODE_IP": HOST,
+            "VLSA_NUM_CPUS": str(num_cpus),
+            "VLSA_NUM_GPUS": "0",
+            "VLSA_OBJECT_STORE_BYTES": str(256 * 1024**2),
+            "VLSA_RAY_TEMP_DIR": str(temp_dir),
+            "VLSA_RAY_BIN": str(Path(sys.executable).parent / "ray"),
             # SIGTERM to `ray start --block` first drains the node for up to 30 s; nothing here needs it.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )
+    if resources:
+        head_env["VLSA_RESOURCES"] = json.dumps(dict(resources))
     head_env.update(env)
     log_path = root / "ray-start.log"
-    proc = spawn(cmd, cwd=root, log_path=log_path, env=head_env)
+    proc = spawn(["bash", str(NODE_SCRIPT), "head"], cwd=root, log_path=log_path, env=head_env)
     head = RayHead(
-        address=f"http://{HOST}:{dashboard}",
-        gcs_address=f"{HOST}:{gcs}",
+        address=f"http://{HOST}:{ports['VLSA_DASHBOARD_PORT']}",
+        gcs_address=f"{HOST}:{ports['VLSA_RAY_PORT']}",
         token=token,
         token_path=token_path,
         temp_dir=temp_dir,
