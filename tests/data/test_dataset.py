@@ -105,7 +105,10 @@ def test_image_inputs_match_tiling_and_the_recon_target_is_the_padded_canvas(con
             pixels, tile, config.image_mean, config.image_std, config.grid_pinpoints
         )
         torch.testing.assert_close(inputs.tiles, tiles)
-        torch.testing.assert_close(inputs.lowres, lowres)
+        # The snapshot is resized on 8 bits: the float resize's, up to 8-bit rounding (in pixel units).
+        std = torch.tensor(config.image_std).view(3, 1, 1)
+        diff = ((inputs.lowres - lowres) * std).abs()
+        assert diff.mean() < 1 / 255 and diff.max() < 12 / 255, (diff.mean(), diff.max())
     r = config.recon_resolution
     target = inputs.recon
     assert target.shape == (3, r, r) and target.min() >= -1 and target.max() <= 1
