@@ -16,7 +16,7 @@ export UV_LINK_MODE ?= copy
 # for a sweep).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install install-runtime test test-e2e demo lint format plan clean
+.PHONY: install install-runtime test test-e2e demo bench lint format plan clean
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ demo: install-runtime
 	$(VENV)/bin/vlsa-platform report vlsa-loss-ratio
 	@echo
 	@echo "Browse the runs:  $(VENV)/bin/vlsa-platform ui    (MLflow at http://127.0.0.1:5000)"
+
+# Every benchmark with the project's settings: benchmarks/results.json and the table of benchmarks/RESULTS.md
+# (figures against goals). About 20 minutes here; BENCH_ARGS="--only NAME" runs one.
+BENCH_ARGS ?=
+bench: install
+	$(VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check platform tests benchmarks
