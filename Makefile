@@ -40,7 +40,15 @@ $(STAMP): $(RUNTIME_STAMP)
 	touch $(STAMP)
 
 # The test suite without the end-to-end Ray runs (the everyday loop).
-test: install
+# checkov (the infra/ checks of tests/infra/test_terraform.py) pins older boto3, packaging and networkx than the
+# project: it gets its own environment, inside $(VENV).
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(VENV)/checkov/bin/checkov
+$(CHECKOV): | $(STAMP)
+	$(UV) venv --quiet --python $(PY) $(VENV)/checkov
+	$(UV) pip install --quiet --python $(VENV)/checkov/bin/python checkov==$(CHECKOV_VERSION)
+
+test: install $(CHECKOV)
 	$(VENV)/bin/pytest -q -m "not e2e" $(PYTEST_ARGS)
 
 # The end-to-end Ray runs: the stages on Ray Train, every experiment file submitted, a Ray job to a head with
@@ -63,12 +71,12 @@ bench: install
 	$(VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check platform tests benchmarks
-	$(VENV)/bin/ruff format --check platform tests benchmarks
+	$(VENV)/bin/ruff check platform tests benchmarks infra/checks
+	$(VENV)/bin/ruff format --check platform tests benchmarks infra/checks
 
 format: install
-	$(VENV)/bin/ruff check --fix platform tests benchmarks
-	$(VENV)/bin/ruff format platform tests benchmarks
+	$(VENV)/bin/ruff check --fix platform tests benchmarks infra/checks
+	$(VENV)/bin/ruff format platform tests benchmarks infra/checks
 
 # The plan of the full paper recipe: runs, stages, trainable parts, parameter counts, placement.
 plan: install
