@@ -99,6 +99,121 @@ def _prefix_lines(plan: dict[str, Any]) -> list[str]:
     ]
 
 
+def _flops(value: float) -> str:
+    """``1.59e14`` -> ``"159 TFLOP"``."""
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}FLOP"
+    return f"{value:.3g} FLOP"
+
+
+def _hours(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:,.1f}{unit}"
+
+
+def _usd(value: float | None) -> str:
+    return "not priced" if value is None else f"${value:,.0f}"
+
+
+def _estimate_row(stage: dict[str, Any]) -> list[str]:
+    est = stage["estimate"]
+    text = "max_length" if est["text_tokens"] is None else f"text {est['text_tokens']:g}"
+    return [
+        stage["name"],
+        _flops(est["flops_per_sample"]),
+        f"{est['llm_tokens']} ({text})",
+        "?" if est["samples"] is None else f"{est['samples']:,}",
+        f"{est['devices']}x{est['accelerator']}",
+        "-" if est["mfu"] is None else f"{est['mfu']:.2f}",
+        _hours(est["gpu_hours"]),
+        _hours(est["wall_hours"], " h"),
+        _usd(est["price_usd"]) if est["gpu_hours"] is not None else "not priced",
+    ]
+
+
+def _estimate_lines(run: dict[str, Any]) -> list[str]:
+    """The run's cost estimate: per stage the figures' inputs and results, then the run's total."""
+    header = [
+        "estimate",
+        "FLOPs/sample",
+        "LLM tokens",
+        "samples",
+        "GPUs",
+        "MFU",
+        "GPU-hours",
+        "wall",
+        "price",
+    ]
+    rows = [header, *(_estimate_row(stage) for stage in run["stages"])]
+    total = run["estimate"]
+    rows.append(
+        [
+            "total",
+            "",
+            "",
+            "",
+            "",
+            "",
+            _hours(total["gpu_hours"]),
+            _hours(total["wall_hours"], " h"),
+            _usd(total["price_usd"]) if total["gpu_hours"] is not None else "-",
+        ]
+    )
+    notes = [f"    ! {s['name']}: {s['estimate']['note']}" for s in run["stages"] if s["estimate"]["note"]]
+    return [*table(rows, indent="    "), *notes]
+
+
+def _estimate_footer(plan: dict[str, Any]) -> list[str]:
+    """What the estimate assumed, once per plan (docs/experiments.md, "What a run will cost")."""
+    stages = [s for run in plan["runs"] for s in run["stages"] if "estimate" in s]
+    if not stages:
+        return []
+    lines = [
+        "  estimate: GPU-hours = FLOPs/sample x samples / (bf16 peak x MFU) / 3600; wall = GPU-hours / GPUs; "
+        'price = GPU-hours x hourly_usd (docs/experiments.md, "What a run will cost")'
+    ]
+    unknown = [s for s in stages if s["estimate"]["text_tokens"] is None]
+    if unknown:
+        lines.append(
+            "  LLM tokens (max_length): text length unknown, every sample taken as long as data.max_length "
+            "allows (an upper bound); set data.datasets.NAME.mean_text_tokens from `data inspect`"
+        )
+        bounds = [
+            f"{s['name']} {_hours(low['gpu_hours'])}"
+            for s in unknown
+            if (low := s["estimate"].get("lower_bound")) and low["gpu_hours"] is not None
+        ]
+        if bounds:
+            lines.append(
+                f"  lower bound, no text (the LLM sees {unknown[0]['estimate']['lower_bound']['llm_tokens']} "
+                f"visual tokens only), GPU-hours: {', '.join(bounds)}"
+            )
+    return lines
+
+
+def _submission_estimate_lines(plan: dict[str, Any]) -> list[str]:
+    """The whole submission's cost when it has several runs: every run in full, with shared prefixes, and
+    the least ASHA can spend."""
+    est = plan.get("estimate")
+    if not est or est["runs"] < 2:
+        return []
+    hours, usd = est["gpu_hours"], est["price_usd"]
+
+    def figure(name: str) -> str:
+        price = "" if usd[name] is None else f", {_usd(usd[name])}"
+        return f"{_hours(hours[name])} GPU-hours{price}"
+
+    lines = [f"  estimated cost of {est['runs']} runs: {figure('full')} if every run trains every stage"]
+    if hours["with_prefixes"] != hours["full"]:
+        lines.append(f"    {figure('with_prefixes')} with shared stage prefixes (each trained once)")
+    if est["asha"]:
+        lines.append(
+            f"    {figure('asha_floor')} at least under ASHA (only 1/reduction_factor of the trials go past "
+            "each rung; it spends between this and the figure above)"
+        )
+    return lines
+
+
 def render_plan(plan: dict[str, Any], source: str) -> str:
     """The plan as a compact, human-readable table."""
     lines = [
@@ -114,6 +229,7 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
         lines.append(f"  seeds per setting: {', '.join(str(s) for s in plan['seeds'])}")
     lines.extend(_rung_lines(plan))
     lines.extend(_prefix_lines(plan))
+    lines.extend(_submission_estimate_lines(plan))
     for run in plan["runs"]:
         switches = run["model"]
         flags = [switches["vision"], *(name for name in ("recon", "cognition", "lora") if switches[name])]
@@ -129,6 +245,9 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
             rows.append(_stage_row(stage))
         lines.extend(table(rows, indent="    "))
         lines.extend(notes)
+        if all("estimate" in stage for stage in run["stages"]) and "estimate" in run:
+            lines.extend(_estimate_lines(run))
+    lines.extend(_estimate_footer(plan))
     return "\n".join(lines)
 
 

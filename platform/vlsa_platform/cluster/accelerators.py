@@ -3,7 +3,8 @@
 One :class:`AcceleratorClass` per Ray accelerator type (the strings of ``ray.util.accelerators``, which Ray uses
 for the ``accelerator_type:<TYPE>`` resource and the ``ray.io/accelerator-type`` node label). The placement
 derivation (:mod:`.derive`) reads ``memory_gib``; ``bf16_tflops`` is there for MFU and time estimates;
-``hourly_usd`` for cost estimates (the tracked metric ``cost/gpu_hours`` counts hours, not dollars).
+``hourly_usd`` for cost estimates (the tracked metric ``cost/gpu_hours`` counts hours, not dollars); ``mfu``
+(none built in: :data:`.cost.DEFAULT_MFU` applies) for an experiment's measured utilisation.
 
 The numbers and where they come from:
 
@@ -75,6 +76,9 @@ class AcceleratorClass:
     """Price per device-hour; ``None`` = not priced."""
     interconnect: str = ""
     """A note on how devices of one node talk (NVLink, PCIe), which bounds how well ZeRO-3 scales."""
+    mfu: float | None = None
+    """Model FLOPs utilisation the cost estimate assumes here (``cluster.accelerators.NAME.mfu``); ``None`` =
+    :data:`.cost.DEFAULT_MFU`."""
 
     @property
     def is_gpu(self) -> bool:
@@ -127,6 +131,7 @@ class AcceleratorTable(Mapping[str, AcceleratorClass]):
                 "memory_gib": spec.memory_gb,
                 "bf16_tflops": spec.bf16_tflops,
                 "hourly_usd": spec.hourly_usd,
+                "mfu": spec.mfu,
             }
             given = {k: v for k, v in given.items() if v is not None}
             if name in classes:

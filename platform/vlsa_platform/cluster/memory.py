@@ -146,6 +146,9 @@ class ModelDims:
     """Latent patches at ``recon_resolution`` + conditioning tokens (the joint sequence)."""
     largest_layer_params: int
     """Parameters of the largest module ZeRO-3 gathers at once (the LLM's embedding or output matrix)."""
+    lookup_params: int = 0
+    """Parameters of the LLM's input embedding when it is not tied to the output head: a lookup, no
+    matrix product (:mod:`.flops` leaves it out of the FLOPs)."""
 
     @classmethod
     def from_vlsa_config(cls, config: VLSAConfig) -> ModelDims:
@@ -200,6 +203,7 @@ class ModelDims:
             denoiser=denoiser,
             denoiser_tokens=denoiser_tokens,
             largest_layer_params=max(text.vocab_size * h, largest_llm_layer, largest_denoiser),
+            lookup_params=0 if getattr(text, "tie_word_embeddings", False) else text.vocab_size * h,
         )
 
 

@@ -38,6 +38,10 @@ class DatasetConfig(Section):
     """Name of a split inside the source, for sources that hold several; ``null`` = the whole file."""
     num_samples: Records | None = None
     """Number of records, if known: lets the plan turn ``epochs`` into steps without reading the data."""
+    mean_text_tokens: Count | None = None
+    """Mean text tokens per record (prompt and answers in the chat layout, visual tokens not counted), as
+    ``vlsa-platform data inspect`` reports it: the plan's cost estimate uses it for the LLM's sequence length;
+    ``null`` = the upper bound, every sample as long as ``data.max_length`` allows (docs/experiments.md)."""
     allow_absolute_paths: bool = False
     """Let records name their image by an absolute local path or an ``s3://`` URL (read as written), and follow
     symlinks out of ``image_root`` (a root assembled from links to folders elsewhere needs it); off = such

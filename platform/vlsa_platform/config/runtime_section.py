@@ -20,6 +20,10 @@ class AcceleratorSpec(Section):
     """Dense bf16 peak in TFLOP/s (for MFU and time estimates)."""
     hourly_usd: NonNegativeFloat | None = None
     """Price per device-hour (for ``cost/gpu_hours`` and estimates)."""
+    mfu: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Model FLOPs utilisation the plan's cost estimate assumes on this class (model FLOPs per second over
+    ``bf16_tflops``; a measured figure, e.g. from the GPU benchmark); ``null`` = ``cluster.cost.DEFAULT_MFU``
+    (0.40)."""
 
 
 class ClusterConfig(Section):

@@ -27,7 +27,9 @@ time); per run
 ``lr`` by trainable part, ``mixture``, ``warnings`` (e.g. settings the memory estimate says do not fit); in
 ``loss`` the in-stage ``schedule``; in ``placement`` ``use_gpu``, ``offload``, ``derived`` (the fields the file
 left open), ``memory_gib_per_gpu`` with its ``memory_breakdown_gib``, ``host_gib_per_gpu`` (offloaded
-states), ``accelerator_memory_gib``, ``fits`` and ``hourly_usd`` (all workers).
+states), ``accelerator_memory_gib``, ``fits`` and ``hourly_usd`` (all workers); ``estimate`` (:mod:`.estimate`)
+per stage (FLOPs per sample and by part, LLM tokens, samples, devices, MFU, GPU-hours, wall hours, price),
+per run (its stages added up) and for the submission (``full``, ``with_prefixes``, ``asha_floor``).
 
 Placement fields the file leaves null are derived from the accelerator class of the stage
 (:mod:`vlsa_platform.cluster`): ZeRO stage and offload from the memory the stage needs, micro-batch from
@@ -55,6 +57,7 @@ from ..cluster import (
 from ..config.errors import ConfigError
 from ..config.schema import ExperimentConfig, StageConfig, sampled_size
 from ..config.sweep_section import SEED_KEY
+from .estimate import run_estimate, stage_estimate, submission_estimate
 from .prefixes import prefix_digests, shareable_stages
 from .rungs import RungSchedule, rung_schedule
 
@@ -211,7 +214,8 @@ def plan_run(run: PlannedRun, placements: Mapping[str, ResolvedPlacement] | None
     has them already (derived here otherwise)."""
     config = run.config
     model = config.model
-    counts, visual_tokens, _ = model_numbers(config)
+    numbers = model_numbers(config)
+    counts, visual_tokens, _ = numbers
     if placements is None:
         placements = stage_placements(run)
     params_total = sum(total for total, _ in counts.values())
@@ -220,6 +224,7 @@ def plan_run(run: PlannedRun, placements: Mapping[str, ResolvedPlacement] | None
         trainable = [part for part in stage.trainable if part in counts]
         loss = config.stage_loss(name)
         placement = placements[name]
+        steps = stage_steps(config, stage)
         stages.append(
             {
                 "name": name,
@@ -232,11 +237,12 @@ def plan_run(run: PlannedRun, placements: Mapping[str, ResolvedPlacement] | None
                     "schedule": loss.schedule.model_dump(mode="json"),
                 },
                 "placement": placement.as_plan(),
-                "steps": stage_steps(config, stage),
+                "steps": steps,
                 "epochs": stage.epochs,
                 "lr": {part: stage.lr.for_part(part) for part in trainable},
                 "mixture": [entry.model_dump(mode="json") for entry in stage.mixture],
                 "warnings": list(placement.warnings),
+                "estimate": stage_estimate(config, name, numbers, placement, steps),
             }
         )
     return {
@@ -255,7 +261,14 @@ def plan_run(run: PlannedRun, placements: Mapping[str, ResolvedPlacement] | None
             part: {"params": total, "trainable": trained} for part, (total, trained) in counts.items()
         },
         "stages": stages,
+        "estimate": run_estimate(stages),
     }
+
+
+def estimated_run_hours(config: ExperimentConfig) -> dict[str, float | None]:
+    """Run name -> the plan's estimated GPU-hours of that run (:func:`expand_runs`' runs: a sweep's template
+    stands for every trial); ``None`` where the plan cannot price it (CPU workers, unknown steps)."""
+    return {run.name: plan_run(run)["estimate"]["gpu_hours"] for run in expand_runs(config)}
 
 
 def build_plan(config: ExperimentConfig) -> dict[str, Any]:
@@ -269,7 +282,7 @@ def build_plan(config: ExperimentConfig) -> dict[str, Any]:
         search_space = None
         num_trials = len(runs)
         seeds = [config.seed]
-    return {
+    plan = {
         "experiment": config.name,
         "kind": config.kind,
         "scale": config.model.preset,
@@ -280,6 +293,7 @@ def build_plan(config: ExperimentConfig) -> dict[str, Any]:
         **_rungs_in_plan(config),
         "prefixes": _prefixes_in_plan(config),
     }
+    return {**plan, "estimate": submission_estimate(plan)}
 
 
 def _known_runs(config: ExperimentConfig) -> list[PlannedRun] | None:
@@ -366,6 +380,7 @@ __all__ = [
     "PlannedRun",
     "build_plan",
     "check_plan",
+    "estimated_run_hours",
     "expand_runs",
     "model_numbers",
     "plan_run",

@@ -91,6 +91,35 @@ def shared_stage_tags(stage: str, run_id: str | None, run_name: str, prefix: str
     return tags
 
 
+# ------------------------------------------------------------------------------------------------ params
+
+ESTIMATE_GPU_HOURS = "estimate.gpu_hours"
+"""Param of the parent run: the plan's estimated device-hours of one child run (every trial of a sweep is
+planned alike; ``orchestration.estimate``), to set beside its measured ``cost/gpu_hours``. An ablation logs one
+per variant, ``estimate.gpu_hours.<variant>``. Absent when the plan cannot price the run (CPU workers)."""
+
+
+def estimate_params(by_run: Mapping[str, float | None], per_variant: bool) -> dict[str, str]:
+    """The parent run's :data:`ESTIMATE_GPU_HOURS` params from ``{run name: estimated GPU-hours}`` (one key per
+    variant when ``per_variant``, else the one run's); runs without an estimate are left out."""
+    out = {}
+    for run, hours in by_run.items():
+        if hours is not None:
+            out[f"{ESTIMATE_GPU_HOURS}.{run}" if per_variant else ESTIMATE_GPU_HOURS] = f"{hours:.6g}"
+    return out
+
+
+def estimated_gpu_hours(parent_params: Mapping[str, str], variant: str | None) -> float | None:
+    """A child run's estimated device-hours as its parent logged them (:func:`estimate_params`): the
+    variant's, else the one every child shares; ``None`` when there is none."""
+    text = parent_params.get(f"{ESTIMATE_GPU_HOURS}.{variant}") if variant else None
+    text = text if text is not None else parent_params.get(ESTIMATE_GPU_HOURS)
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
 # ---------------------------------------------------------------------------------------------- artifacts
 
 ARTIFACT_RESOLVED_CONFIG = "config/resolved.yaml"
@@ -202,6 +231,7 @@ __all__ = [
     "ARTIFACT_RESOLVED_CONFIG",
     "COST_GPU_HOURS",
     "DEEPSPEED_DIR",
+    "ESTIMATE_GPU_HOURS",
     "LOSS_LLM",
     "LOSS_PX",
     "LOSS_REC",
@@ -232,6 +262,8 @@ __all__ = [
     "VAL_VQ_ACCURACY",
     "clean_key",
     "deepspeed_artifact",
+    "estimate_params",
+    "estimated_gpu_hours",
     "flatten_params",
     "param_value",
     "path_part",

@@ -61,6 +61,9 @@ class ChildRun:
     ``None`` when the run never logged it."""
     history: Mapping[str, Series]
     """Full history of the :data:`~.queries.HISTORY_KEYS` (and of the report's metric) the run logged."""
+    estimated_gpu_hours: float | None = None
+    """The plan's estimate of the run's device-hours, from its parent run's params
+    (``names.estimated_gpu_hours``), to set beside the measured ``cost/gpu_hours``; ``None`` without one."""
 
     def value(self, key: str) -> float | None:
         """The final value of ``key`` when it is a finite number, else ``None``."""

@@ -110,7 +110,15 @@ def _collect(
     chosen_metric, chosen_mode, source = _objective(parent.data.params, metric, mode)
     keys = names.METRICS if chosen_metric in names.METRICS else (*names.METRICS, chosen_metric)
     history = HISTORY_KEYS if chosen_metric in HISTORY_KEYS else (*HISTORY_KEYS, chosen_metric)
-    children = tuple(_child(client, run, keys, history) for run in runs)
+    children = tuple(
+        dataclasses.replace(
+            child,
+            estimated_gpu_hours=names.estimated_gpu_hours(
+                parent.data.params, child.label if child.label_tag == names.TAG_VARIANT else None
+            ),
+        )
+        for child in (_child(client, run, keys, history) for run in runs)
+    )
 
     all_keys = sorted({key for child in children for key in child.params})
     varied = _distinct_columns(

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import names
 from .comparison import Report
 from .verdict import (
     BEST_MARK,
@@ -24,6 +25,9 @@ from .verdict import (
 )
 
 _MAX_CELL = 60  # characters of a param value shown in a table cell
+ESTIMATE_HEADER = "gpu_hours estimated"
+"""Column of the plan's estimated device-hours per run (:attr:`~.comparison.ChildRun.estimated_gpu_hours`),
+shown right after the measured ``cost/gpu_hours`` when the parent run logged one."""
 
 
 def _short(text: str | None) -> str:
@@ -51,6 +55,9 @@ def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]], int]:
     header.extend(report.varied_params)
     first_number = len(header)
     metric, *others = report.metric_columns()
+    if any(c.estimated_gpu_hours is not None for c in report.children):
+        at = others.index(names.COST_GPU_HOURS) + 1 if names.COST_GPU_HOURS in others else len(others)
+        others.insert(at, ESTIMATE_HEADER)
     header.extend([metric, change_header(report), *others])
     rows = []
     for index, child in enumerate(report.children):
@@ -62,7 +69,10 @@ def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]], int]:
         cells.extend(_short(child.params.get(key)) for key in report.varied_params)
         cells.append(format_value(child.final.get(metric)))
         cells.append(format_change(child.first_value(metric), child.value(metric)))
-        cells.extend(format_value(child.final.get(key)) for key in others)
+        cells.extend(
+            format_value(child.estimated_gpu_hours if key == ESTIMATE_HEADER else child.final.get(key))
+            for key in others
+        )
         rows.append((mark, cells))
     return header, rows, first_number
 
