@@ -18,6 +18,7 @@ from torch import nn
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from .configuration_vlsa import VLSAConfig
+from .materialize import empty_model
 from .modeling_vlsa import VLSAForConditionalGeneration
 from .submodels import SUBMODEL_PATHS, build_submodel
 
@@ -72,8 +73,7 @@ def build_from_pretrained(
         raise ValueError(
             f"no pretrained loader for {sorted(unknown)}; expected some of {sorted(SUBMODEL_PATHS)}"
         )
-    with torch.device("meta"):
-        model = VLSAForConditionalGeneration(config)
+    model = empty_model(config)
     for part, path in SUBMODEL_PATHS.items():
         *owner_path, attr = path.split(".")
         owner = model

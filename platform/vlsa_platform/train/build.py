@@ -22,6 +22,7 @@ from .. import storage
 from ..config.schema import ExperimentConfig
 from ..model.configuration_vlsa import VLSAConfig
 from ..model.lora import LoraSettings, apply_lora
+from ..model.materialize import assign_state, compare_state, empty_model, target_dtypes
 from ..model.modeling_vlsa import VLSAForConditionalGeneration
 
 #: File names of an exported model (``export_dir``): the weights, and the run's model config beside them.
@@ -84,16 +85,19 @@ def build_tokenizer(config: ExperimentConfig) -> PreTrainedTokenizerBase:
 def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VLSAForConditionalGeneration:
     """The model a stage starts from, in float32 on the CPU (the DeepSpeed strategy moves and casts it).
 
-    ``init_from``: an exported model folder (local or ``s3://``, :func:`export_dir`) of the previous stage;
-    ``None``: the initial weights (the ``tiny`` preset's from ``seed``, or with ``model.tiny_weights:
-    pretrained`` its LLM, vision encoder and VAE from :func:`.tiny_pretrain.tiny_sources`, built on first use;
-    the ``paper`` preset's from ``model.weights`` or the published checkpoints). LoRA adapters, when on, are
-    added in every stage so exports of all stages have the same keys (they train only where ``llm`` is
-    trainable).
+    ``init_from``: an exported model folder (local or ``s3://``, :func:`export_dir`) of the previous stage,
+    loaded into a model built on ``meta`` (:func:`load_exported_model`); ``None``: the initial weights (the
+    ``tiny`` preset's from ``seed``, or with ``model.tiny_weights: pretrained`` its LLM, vision encoder and VAE
+    from :func:`.tiny_pretrain.tiny_sources`, built on first use; the ``paper`` preset's from ``model.weights``
+    or the published checkpoints). LoRA adapters, when on, are added in every stage so exports of all stages
+    have the same keys (they train only where ``llm`` is trainable).
     """
     vlsa = vlsa_config_for(config)
+    lora = lora_settings_for(config)
     torch.manual_seed(config.seed)  # new modules (and all tiny weights) are the same in every worker
-    if config.model.preset == "tiny" and init_from is None and config.model.tiny_weights == "pretrained":
+    if init_from is not None:
+        return load_exported_model(vlsa, init_from, lora)
+    if config.model.preset == "tiny" and config.model.tiny_weights == "pretrained":
         from ..model.pretrained import build_from_pretrained
         from .tiny_pretrain import tiny_sources
 
@@ -101,7 +105,7 @@ def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VL
         model = build_from_pretrained(
             vlsa, {p: s for p, s in sources.items() if vlsa.recon or p not in ("vae", "denoiser")}
         )
-    elif config.model.preset == "tiny" or init_from is not None:
+    elif config.model.preset == "tiny":
         model = VLSAForConditionalGeneration(vlsa)
     else:
         from ..model.presets import PAPER_SOURCES
@@ -114,26 +118,40 @@ def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VL
             if vlsa.recon or part not in ("vae", "denoiser")
         }
         model = load_initial_model(vlsa, sources)
-    lora = lora_settings_for(config)
     if lora is not None:
         apply_lora(model, lora)
-    if init_from is not None:
-        load_exported(model, init_from)
+    return model
+
+
+def load_exported_model(
+    vlsa: VLSAConfig, location: str, lora: LoraSettings | None = None
+) -> VLSAForConditionalGeneration:
+    """The model of ``vlsa`` (with ``lora``'s adapters) holding the export at ``location``, in float32 on the
+    CPU: built on ``meta`` and the export's tensors put in place, so no weight is initialised at random and host
+    memory stays near one copy of the weights (:mod:`..model.materialize`)."""
+    model = empty_model(vlsa, lora)
+    load_exported(model, location)
     return model
 
 
 def load_exported(model: torch.nn.Module, location: str) -> None:
-    """Load an exported model's weights into ``model`` (every key must match: same variant and LoRA)."""
-    from safetensors.torch import load_file
+    """Put an exported model's weights into ``model`` (built on ``meta`` or not; every key must match: same
+    variant and LoRA). The tensors are read one by one (``pread``, no memory map) and cast to the model's
+    dtypes; they become the model's tensors (no second copy). Raises ``ValueError`` when the export does not
+    fit, before anything is read."""
+    from safetensors import safe_open
 
     local = Path(storage.materialize(location)) if storage.is_s3(location) else Path(location)
-    state = load_file(str(local / WEIGHTS_FILE))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"the exported model in {location} does not fit this model (missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}): was it trained with other model switches or LoRA?"
-        )
+    with safe_open(str(local / WEIGHTS_FILE), framework="pt", device="cpu", backend="pread") as f:
+        mismatch = compare_state(model, {key: f.get_slice(key).get_shape() for key in f.offset_keys()})
+        if mismatch:
+            raise ValueError(
+                f"the exported model in {location} does not fit this model ({mismatch.describe()}): was it "
+                "trained with other model switches or LoRA?"
+            )
+        dtypes = target_dtypes(model)
+        state = {key: f.get_tensor(key).to(dtypes[key]) for key in f.offset_keys()}
+    assign_state(model, state)
 
 
 def write_export(
@@ -157,6 +175,7 @@ __all__ = [
     "build_tokenizer",
     "extra_vocab",
     "load_exported",
+    "load_exported_model",
     "lora_settings_for",
     "vlsa_config_for",
     "write_export",
