@@ -44,8 +44,8 @@ class Figure:
 
     name: str
     """What it is, as the table's first column says it."""
-    value: Callable[[dict[str, Any]], float | None]
-    """The figure from the benchmark's JSON line (``None``: not in this result)."""
+    value: Callable[[dict[str, Any], dict[str, Any]], float | None]
+    """The figure from the benchmark's JSON line and the run's ``assumptions`` (``None``: not in them)."""
     goal: str
     """``<= X`` or ``>= X`` (or ``== X``); ``""`` for a figure shown without a goal."""
     unit: str = ""
@@ -70,8 +70,8 @@ class Benchmark:
     figures: list[Figure] = field(default_factory=list)
 
 
-def _get(*path: str) -> Callable[[dict[str, Any]], float | None]:
-    def read(result: dict[str, Any]) -> float | None:
+def _get(*path: str) -> Callable[[dict[str, Any], dict[str, Any]], float | None]:
+    def read(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
         node: Any = result
         for key in path:
             if not isinstance(node, dict) or key not in node:
@@ -82,15 +82,64 @@ def _get(*path: str) -> Callable[[dict[str, Any]], float | None]:
     return read
 
 
-def _ratio_plus_one(key: str) -> Callable[[dict[str, Any]], float | None]:
-    def read(result: dict[str, Any]) -> float | None:
+def _ratio_plus_one(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float | None]:
+    def read(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
         return None if result.get(key) is None else 1.0 + float(result[key])
 
     return read
 
 
-def _demo_gib(result: dict[str, Any]) -> float | None:
+def _prefix_ratio(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
+    """Stages trained over distinct prefixes, summed over stages (1: each prefix trained once)."""
+    trained, distinct = result.get("trained"), result.get("distinct_prefixes")
+    if not trained or not distinct:
+        return None
+    return sum(trained.values()) / sum(distinct.values())
+
+
+def _demo_gib(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
     return result.get("tree_pss_gib")
+
+
+def _cores_per_h100(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
+    """Loader cores one H100 worker needs: its stage-3 consumption over one core's rate."""
+    rate, need = result.get("samples_per_s_per_core"), assumptions.get("h100_stage3_samples_per_s")
+    return None if not rate or not need else need / float(rate)
+
+
+def _core_rate_over_h100(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
+    """One core's loader rate over one H100 worker's stage-3 consumption."""
+    rate, need = result.get("samples_per_s_per_core"), assumptions.get("h100_stage3_samples_per_s")
+    return None if not rate or not need else float(rate) / need
+
+
+def paper_assumptions() -> dict[str, Any]:
+    """What some goals are measured against, from the plan of experiments/vlsa_paper.yaml (stage 3, H100):
+    one GPU's consumption in samples/s = bf16 peak x MFU / training FLOPs per sample, with the FLOPs of the
+    estimate's lower bound (no text: the fewest FLOPs, so the fastest consumption: the demanding side)."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "vlsa-platform"), "validate", "experiments/vlsa_paper.yaml", "--json"],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return {"error": done.stderr[-400:]}
+    from vlsa_platform.cluster import BUILTIN
+
+    stage = json.loads(done.stdout.splitlines()[0])["runs"][0]["stages"][-1]
+    est = stage["estimate"]
+    low = est.get("lower_bound") or est
+    flops = (low.get("flops") or est["flops_per_sample"] * est["samples"]) / est["samples"]
+    h100 = BUILTIN["H100"]
+    mfu = est["mfu"] or 0.4
+    return {
+        "source": "vlsa-platform validate experiments/vlsa_paper.yaml --json: the last stage's estimate",
+        "stage": stage["name"],
+        "train_flops_per_sample": flops,
+        "llm_tokens": low.get("llm_tokens", est["llm_tokens"]),
+        "h100_bf16_tflops": h100.bf16_tflops,
+        "mfu": mfu,
+        "h100_stage3_samples_per_s": h100.bf16_tflops * 1e12 * mfu / flops,
+    }
 
 
 BENCHMARKS: list[Benchmark] = [
@@ -136,8 +185,56 @@ BENCHMARKS: list[Benchmark] = [
         300,
         [
             Figure("loader samples/s per core (paper geometry)", _get("samples_per_s_per_core"), "", "/s"),
+            Figure(
+                "one core's loader rate / one H100's stage-3 consumption", _core_rate_over_h100, ">= 4", "x"
+            ),
+            Figure("loader cores one H100 worker needs", _cores_per_h100, "", "", "{:.2f}"),
             Figure("loader tiling ms per sample", _get("ms_per_sample_breakdown", "tiling"), "", "ms"),
         ],
+    ),
+    Benchmark(
+        "stage_start",
+        ["benchmarks/stage_start.py"],
+        600,
+        [
+            Figure(
+                "stage start from an export: peak host memory / weights",
+                _get("ways", "meta", "peak_ratio"),
+                "<= 1.3",
+                "x",
+            ),
+            Figure(
+                "stage start from an export: seconds to the loaded model",
+                _get("ways", "meta", "seconds"),
+                "",
+                "s",
+                "{:.1f}",
+            ),
+            Figure(
+                "the same, built with random init first (before)",
+                _get("ways", "cpu_init", "seconds"),
+                "",
+                "s",
+                "{:.1f}",
+            ),
+        ],
+    ),
+    Benchmark(
+        "sweep_asha",
+        ["benchmarks/asha_vs_grid.py", "--values", "4", "--steps", "2,8,8", "--replay", "200"],
+        900,
+        [
+            Figure(
+                "ASHA's optimizer steps / the full grid's (4 trials)", _get("step_fraction"), "<= 0.4", "x"
+            ),
+            Figure("ASHA's best val/loss_llm against the grid's best", _get("best_gap"), "<= 0.02", ""),
+        ],
+    ),
+    Benchmark(
+        "sweep_prefixes",
+        ["benchmarks/prefix_sharing.py", "--steps", "2,2,4"],
+        600,
+        [Figure("stages trained / distinct stage prefixes (stage-mixing sweep)", _prefix_ratio, "== 1", "x")],
     ),
     Benchmark(
         "demo",
@@ -206,7 +303,11 @@ def rows(results: dict[str, Any]) -> list[str]:
     for bench in BENCHMARKS:
         entry = results["benchmarks"].get(bench.name)
         for figure in bench.figures:
-            value = figure.value(entry["result"]) if entry and entry.get("result") else None
+            value = (
+                figure.value(entry["result"], results.get("assumptions", {}))
+                if entry and entry.get("result")
+                else None
+            )
             if value is None:
                 why = "not run" if entry is None else (entry.get("error") or "not in its result")
                 shown, verdict = f"not measured ({why.splitlines()[0][:80]})", ""
@@ -262,7 +363,12 @@ def main() -> int:
         render(json.loads(RESULTS_JSON.read_text()))
         return 0
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {"benchmarks": {}}
-    results = {"date": dt.date.today().isoformat(), "machine": machine(), "benchmarks": {}}
+    results = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "assumptions": paper_assumptions(),
+        "benchmarks": {},
+    }
     for bench in BENCHMARKS:
         if (args.only and bench.name not in args.only) or bench.name in args.skip:
             if bench.name in previous.get("benchmarks", {}):  # keep the last measurement of what was skipped
