@@ -97,6 +97,11 @@ def _prefix_ratio(result: dict[str, Any], assumptions: dict[str, Any]) -> float 
     return sum(trained.values()) / sum(distinct.values())
 
 
+def _worst_stall(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
+    stalls = [s.get("stall_fraction") for s in (result.get("paper") or {}).values()]
+    return max((float(x) for x in stalls if x is not None), default=None)
+
+
 def _demo_gib(result: dict[str, Any], assumptions: dict[str, Any]) -> float | None:
     return result.get("tree_pss_gib")
 
@@ -216,6 +221,42 @@ BENCHMARKS: list[Benchmark] = [
                 "",
                 "s",
                 "{:.1f}",
+            ),
+        ],
+    ),
+    Benchmark(
+        "cache",
+        ["benchmarks/cache_sweep.py"],
+        600,
+        [
+            Figure(
+                "frozen VAE encodings per image, 4-trial sweep with the cache",
+                _get("encoder_calls_per_image", "with", "vae"),
+                "<= 1",
+                "",
+                "{:.2f}",
+            ),
+            Figure(
+                "VQ encodings per image, 4-trial sweep with the cache",
+                _get("encoder_calls_per_image", "with", "vq"),
+                "<= 1",
+                "",
+                "{:.2f}",
+            ),
+            Figure("data-side step time, with the cache / without", _get("step_ratio"), "<= 0.8", "x"),
+        ],
+    ),
+    Benchmark(
+        "checkpoint_io",
+        ["benchmarks/checkpoint_io.py", "--repeats", "5"],
+        600,
+        [
+            Figure("checkpoint save, staged+copied / in place", _get("local", "save_speedup"), "", "x"),
+            Figure(
+                "checkpoint stall, worst paper stage (at the measured save bandwidth)",
+                _worst_stall,
+                "<= 0.05",
+                "",
             ),
         ],
     ),

@@ -42,7 +42,7 @@ def test_same_stage_on_a10g_and_h100_same_batch_and_schedule_different_deepspeed
     pa, ph = a10g["placement"], h100["placement"]
     # the optimisation is the same: global batch, steps, learning rates, everything but the placement
     assert pa["global_batch"] == ph["global_batch"] == 128 and pa["num_workers"] == ph["num_workers"] == 8
-    strip = {"placement", "warnings", "estimate"}  # the estimate is the placement's cost
+    strip = {"placement", "warnings", "estimate", "checkpoint"}  # the placement's cost and checkpoint stall
     assert {k: v for k, v in a10g.items() if k not in strip} == {
         k: v for k, v in h100.items() if k not in strip
     }

@@ -247,10 +247,10 @@ def test_cached_latent_params_are_the_vae_posterior_of_the_recon_target(tok, con
     ds = _dataset([MULTI_TURN, TEXT_ONLY, CAPTION], tok, config, image_root, latent_cache=cached)
     jpeg, text, png = ds[0], ds[1], ds[2]
     assert png.recon_latent_params is None  # a miss
-    # The cached target is the VAE's view of exactly the pixel target the dataset builds.
-    torch.testing.assert_close(
-        jpeg.recon_latent_params, torch.from_numpy(frozen.vae_params(jpeg.image.recon))
-    )
+    # The cached target is the VAE's view of exactly the pixel target the dataset builds (stored as float16).
+    expected = frozen.vae_params(jpeg.image.recon).astype(np.float16).astype(np.float32)
+    assert jpeg.recon_latent_params.dtype == torch.float32
+    torch.testing.assert_close(jpeg.recon_latent_params, torch.from_numpy(expected))
     batch = collate([jpeg, text], tok.pad_token_id)
     assert "recon_pixel_values" not in batch
     assert batch["recon_latent_params"].shape == (1, *params.shape)

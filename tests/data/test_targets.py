@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from vlsa_platform.data import records as records_module
+from vlsa_platform.data import targets as targets_module
 from vlsa_platform.data.cognition import CognitionHook, CognitionSettings
 from vlsa_platform.data.images import recon_target
 from vlsa_platform.data.targets import (
@@ -137,7 +139,9 @@ def test_two_trials_compute_each_image_once_and_recompute_on_change(tmp_path, fr
         vq = cache.get(frozen.key("vq", image_digest(data)))
         np.testing.assert_array_equal(vq, frozen.vq_indices([image])[0])
         vae = cache.get(frozen.key("vae", image_digest(data)))
-        np.testing.assert_allclose(vae, frozen.vae_params(recon_target(image, config)), atol=1e-5)
+        expected = frozen.vae_params(recon_target(image, config))
+        assert vae.dtype == np.float32  # stored as float16, read back as float32
+        np.testing.assert_allclose(vae, expected.astype(np.float16).astype(np.float32), rtol=1e-3, atol=1e-6)
 
     # Changed image bytes: that image only is recomputed (both kinds).
     Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(images / names[1])
@@ -185,7 +189,8 @@ def test_cached_latent_params_feed_the_reconstruction_objective(tmp_path):
     assert params.shape == (32, 8, 8)
     z_cached = objective.encode(latent_params=params[None], generator=torch.Generator().manual_seed(0))
     z_pixels = objective.encode(pixels=pixels[None], generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(z_cached, z_pixels, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z_cached, z_pixels, atol=2e-3, rtol=2e-3)  # float16 storage: 11-bit mantissa
+    assert objective.vae_encoder_calls == 1  # the pixels; the cached parameters cost no encoder call
 
 
 def test_cognition_hook_reads_vq_targets_through_the_cache(tmp_path, frozen):
@@ -230,3 +235,49 @@ def test_s3_cache_computes_each_image_once(tmp_path, s3_server, monkeypatch):
 
     Image.fromarray(np.full((20, 24, 3), 200, dtype=np.uint8)).save(images / names[0])
     assert fill_cache(names, str(images), cache_root, TINY).computed == 2
+
+
+def test_vae_entries_are_float16_on_disk_and_float32_when_read(tmp_path):
+    cache = TargetCache(tmp_path / "cache")
+    key = TargetKey(image_digest(b"x"), "m", 64, "vae", "t")
+    value = np.random.default_rng(0).normal(size=(32, 8, 8)).astype(np.float32)
+    cache.put(key, value)
+    with np.load(cache.uri(key)) as npz:
+        assert npz["data"].dtype == np.float16 and npz["data"].nbytes == value.nbytes // 2
+    read = cache.get(key)
+    assert read.dtype == np.float32
+    np.testing.assert_array_equal(read, value.astype(np.float16).astype(np.float32))
+    vq_key = TargetKey(image_digest(b"x"), "m", 64, "vq", "t")
+    cache.put(vq_key, np.arange(16, dtype=np.int32).reshape(4, 4))
+    assert cache.get(vq_key).dtype == np.int32  # indices are stored as they are
+
+
+def test_the_format_is_part_of_every_key(monkeypatch):
+    """Entries of an older layout (format 1: float32 VAE entries) have other keys, so they are never read."""
+    key = TargetKey("a" * 64, "f" * 64, 64, "vae", "t")
+    current = key.digest
+    monkeypatch.setattr(targets_module, "CACHE_FORMAT", 1)
+    assert TargetKey("a" * 64, "f" * 64, 64, "vae", "t").digest != current
+
+
+def test_the_loader_keys_images_by_the_bytes_it_decoded(tmp_path, monkeypatch):
+    """One read per image: ``load_image`` hashes the bytes it decodes, and the cognition hook's VQ lookup
+    and the dataset's latent lookup use that digest instead of reading the file again."""
+    images = tmp_path / "images"
+    (name,) = write_images(images, 1)
+    reads = []
+    real = records_module.read_local
+    monkeypatch.setattr(records_module, "read_local", lambda path: reads.append(path) or real(path))
+    image = records_module.load_image(str(images), name)
+    assert len(reads) == 1
+    assert records_module.file_digest_of(image) == image_digest((images / name).read_bytes())
+
+    def no_second_read(uri):
+        raise AssertionError(f"{uri} read again to hash it")
+
+    monkeypatch.setattr(targets_module, "file_digest", no_second_read)
+    frozen = TINY()
+    targets = CachedTargets(TargetCache(tmp_path / "cache"), frozen)
+    record = Record("r", "d", 0, name, (Turn("user", "<image>\nWhat?"), Turn("assistant", "A picture.")))
+    grid = targets.vq_lookup({"d": str(images)})(record, image)
+    np.testing.assert_array_equal(grid, frozen.vq_indices([image])[0])

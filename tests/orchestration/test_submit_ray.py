@@ -37,6 +37,8 @@ FAST = [
     "data.validation.sampling=random:4",
     "tracking.log_every=1",
     "tracking.recon_every=null",
+    # the pre-fill of the frozen-target cache is tested on its own (test_cache_sweep_ray.py)
+    "data.prefill_targets=false",
 ]
 SECTION_METRICS = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC, names.VAL_LOSS_LLM)
 

@@ -50,7 +50,8 @@ def test_ray_fill_matches_in_process_fill(tmp_path, local_ray):
         digest = file_digest(images / name)
         vq_key, vae_key = frozen.key("vq", digest), frozen.key("vae", digest)
         np.testing.assert_array_equal(ray_cache.get(vq_key), local_cache.get(vq_key))
-        np.testing.assert_allclose(ray_cache.get(vae_key), local_cache.get(vae_key), rtol=1e-5, atol=1e-5)
+        # Stored as float16: a float32 difference in the last bits (other threads) may round one step apart.
+        np.testing.assert_allclose(ray_cache.get(vae_key), local_cache.get(vae_key), rtol=2**-10, atol=1e-5)
 
     # A later trial (here in this process) finds every entry the actors wrote: nothing is computed again.
     again = fill_cache(records, str(images), ray_root, TINY)

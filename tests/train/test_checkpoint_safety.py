@@ -180,9 +180,29 @@ def test_only_dead_processes_staging_folders_are_removed(tmp_path, monkeypatch):
     assert not staging.exists()
 
 
-def _save_then_die_saving(port: int, base: str, signal_file: str) -> None:
+def test_a_failed_direct_save_leaves_no_folder(saved, tmp_path, monkeypatch):
+    strategy, *_ = saved
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=strategy.checkpoint_bytes() - 1))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    ctx = LocalContext(root=str(tmp_path / "stored"), direct=True)
+    target = tmp_path / "stored" / "checkpoint_000000"
+    with pytest.raises(InsufficientSpaceError, match=re.escape(str(target))):
+        loop._checkpoint(strategy, ctx, {}, {"global_step": 1}, model_export=False, spec=None)
+    assert ctx.checkpoints == [] and not target.exists() and not checkpoint_files.staging_root().exists()
+
+
+def test_only_unreported_checkpoint_folders_are_removed(tmp_path):
+    kept, left, other = (tmp_path / name for name in ("checkpoint_a", "checkpoint_b", "not_a_checkpoint"))
+    for folder in (kept, left, other):
+        (folder / "global_step").mkdir(parents=True)
+    assert checkpoint_files.remove_unreported(tmp_path, [str(kept)]) == [left]
+    assert kept.exists() and not left.exists() and other.exists()
+
+
+def _save_then_die_saving(port: int, base: str, signal_file: str, direct: bool) -> None:
     """(A spawned process.) Save checkpoint A through the loop, train on, and start saving B: after B's first
-    file is written, say so and hang (the parent kills it)."""
+    file is written, say so and hang (the parent kills it). ``direct``: written in place, not staged."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     tempfile.tempdir = base
@@ -190,7 +210,7 @@ def _save_then_die_saving(port: int, base: str, signal_file: str) -> None:
     strategy = DeepSpeedStrategy(zero_stage=2, micro_batch=2, grad_accum=1, world_size=1)
     batch = _prepare(strategy)
     train_step(strategy, batch, (1.0, 1.0))
-    ctx = LocalContext(root=os.path.join(base, "stored"))
+    ctx = LocalContext(root=os.path.join(base, "stored"), direct=direct)
     loop._checkpoint(strategy, ctx, {}, {"global_step": 1}, model_export=False, spec=None)
     save_file(strategy.full_state_dict(), os.path.join(base, "a.safetensors"))
     train_step(strategy, batch, (1.0, 1.0))
@@ -206,14 +226,17 @@ def _save_then_die_saving(port: int, base: str, signal_file: str) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("direct", [False, True], ids=["staged", "direct"])
 def test_a_kill_during_a_save_keeps_the_last_checkpoint_and_the_next_start_cleans_up(
-    dist, tmp_path, monkeypatch
+    dist, tmp_path, monkeypatch, direct
 ):
+    """Staged: B's staging folder is left and the next start removes it. Written in place (``direct``): B's
+    folder is left in storage without its marker, never reported, and :func:`remove_unreported` removes it."""
     import torch.multiprocessing as mp
 
     signal_file = tmp_path / "b-started"
     child = mp.get_context("spawn").Process(
-        target=_save_then_die_saving, args=(free_port(), str(tmp_path), str(signal_file))
+        target=_save_then_die_saving, args=(free_port(), str(tmp_path), str(signal_file), direct)
     )
     child.start()
     deadline = time.monotonic() + 300
@@ -224,8 +247,14 @@ def test_a_kill_during_a_save_keeps_the_last_checkpoint_and_the_next_start_clean
     child.join()
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    leaked = list(checkpoint_files.staging_root().iterdir())
-    assert [f.name.split("-")[-2] for f in leaked] == [str(child.pid)]
+    stored = tmp_path / "stored"
+    if direct:
+        assert not checkpoint_files.staging_root().exists()  # nothing staged, not even A
+        leaked = [stored / "checkpoint_000001"]
+        assert not (leaked[0] / loop.PROGRESS_FILE).exists()  # the marker comes last: B is not a checkpoint
+    else:
+        leaked = list(checkpoint_files.staging_root().iterdir())
+        assert [f.name.split("-")[-2] for f in leaked] == [str(child.pid)]
     assert Path(signal_file.read_text()).is_relative_to(leaked[0])  # B's first file, in the leaked folder
 
     # A loads into a fresh engine (other initial weights) and holds exactly the weights it was saved with.
@@ -237,6 +266,10 @@ def test_a_kill_during_a_save_keeps_the_last_checkpoint_and_the_next_start_clean
         assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
     finally:
         strategy.release()
+
+    if direct:  # the next worker group's start removes what no report registered
+        assert checkpoint_files.remove_unreported(stored, [stored / "checkpoint_000000"]) == leaked
+        return
 
     # The next stage start on this host removes the leaked folder before it sets the stage up.
     class SetUp(Exception):

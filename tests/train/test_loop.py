@@ -6,6 +6,7 @@ optimizer, scheduler, RNG, data position) and ends with exactly the weights of a
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from vlsa_platform.tracking import names
+from vlsa_platform.train import checkpoint_files
 from vlsa_platform.train.build import WEIGHTS_FILE
-from vlsa_platform.train.loop import EXPORT_DIR, LocalContext, StageSpec, run_stage
+from vlsa_platform.train.loop import EXPORT_DIR, PROGRESS_FILE, LocalContext, StageSpec, run_stage
+from vlsa_platform.train.strategy import DeepSpeedStrategy
 
 from .contexts import CrashingContext, Interrupt, stage1_spec
 
@@ -38,9 +41,28 @@ def _weights(checkpoint: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(checkpoint) / EXPORT_DIR / WEIGHTS_FILE))
 
 
-def test_interrupted_stage_resumes_to_the_same_weights(dist, tmp_path):
+def _staging_watched(monkeypatch) -> list[list[str]]:
+    """What the staging root holds while each checkpoint is saved (one entry per save)."""
+    seen: list[list[str]] = []
+    save = DeepSpeedStrategy.save
+
+    def watched(self, directory, *args, **kwargs):
+        save(self, directory, *args, **kwargs)
+        root = checkpoint_files.staging_root()
+        seen.append(sorted(p.name for p in root.iterdir()) if root.exists() else [])
+
+    monkeypatch.setattr(DeepSpeedStrategy, "save", watched)
+    return seen
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["staged", "direct"])
+def test_interrupted_stage_resumes_to_the_same_weights(dist, tmp_path, monkeypatch, direct):
+    """Staged (copied to the stored folder) or written in place (``direct``, as Ray Train's workers do on a
+    file system they can write): the same resume. In place, no save stages anything, during or after."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    seen = _staging_watched(monkeypatch)
     spec = _spec(tmp_path)
-    whole = LocalContext(root=str(tmp_path / "whole"))
+    whole = LocalContext(root=str(tmp_path / "whole"), direct=direct)
     progress = run_stage(spec, whole)
     assert (progress["step"], progress["global_step"], progress["micro_step"]) == (4, 14, 8)
     assert len(whole.checkpoints) == 2  # steps 2 and 4
@@ -55,7 +77,7 @@ def test_interrupted_stage_resumes_to_the_same_weights(dist, tmp_path):
         assert key in last, key
     assert last[names.STAGE] == 0.0 and last[names.VAL_LOSS_REC] > 0
 
-    crashing = CrashingContext(root=str(tmp_path / "resumed"))
+    crashing = CrashingContext(root=str(tmp_path / "resumed"), direct=direct)
     with pytest.raises(Interrupt):
         run_stage(spec, crashing)
     # The "replacement worker": same context, so the latest checkpoint (step 2) is handed back.
@@ -66,3 +88,11 @@ def test_interrupted_stage_resumes_to_the_same_weights(dist, tmp_path):
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert whole.reports[-1]["loss/total"] == crashing.reports[-1]["loss/total"]
+    assert len(seen) == 4  # 2 uninterrupted, 1 before the crash, 1 resumed (step 4)
+    if direct:
+        assert seen == [[]] * 4 and not checkpoint_files.staging_root().exists()
+        assert all((Path(c) / PROGRESS_FILE).is_file() for c in whole.checkpoints + crashing.checkpoints)
+        assert not list(Path(whole.checkpoints[-1]).glob(".*.tmp"))  # the marker renamed into place
+    else:
+        assert all(len(names_) == 1 for names_ in seen)  # one staging folder per save, removed after
+        assert list(checkpoint_files.staging_root().iterdir()) == []

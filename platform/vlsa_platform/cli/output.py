@@ -160,6 +160,14 @@ def _estimate_lines(run: dict[str, Any]) -> list[str]:
         ]
     )
     notes = [f"    ! {s['name']}: {s['estimate']['note']}" for s in run["stages"] if s["estimate"]["note"]]
+    saves = [
+        f"{s['name']} {c['node_gb']:.0f} GB/node in {c['save_s']:.0f} s every {c['interval_s'] / 3600:.1f} h "
+        f"({100 * c['stall_fraction']:.1f}%)"
+        for s in run["stages"]
+        if (c := s.get("checkpoint"))
+    ]
+    if saves:  # cluster.checkpoint_cost: the save's stall at a stated disk bandwidth
+        notes.append(f"    checkpoints (stall, goal <= 5%): {'; '.join(saves)}")
     return [*table(rows, indent="    "), *notes]
 
 

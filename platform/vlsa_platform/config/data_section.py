@@ -162,6 +162,11 @@ class DataConfig(Section):
     """Longest tokenized sample (visual tokens included); longer ones are truncated."""
     on_bad_sample: Literal["skip", "fail"] = "skip"
     """What a missing or unreadable image / malformed record does: ``skip`` it (counted) or ``fail`` the run."""
+    prefill_targets: bool = True
+    """Before the first run of a submission with several runs (a sweep, an ablation), fill the frozen-target
+    cache (VQ indices, VAE latents) for every image the runs read, in one Ray Data pass, so that no run encodes
+    an image another already did (``orchestration/cache_fill.py``). A submission of one run never pre-fills:
+    its stages share the entries its first stage writes on a miss. ``false``: each run computes what it misses."""
     loader_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = 2
     """Data-loading processes per training worker (PyTorch ``DataLoader``); 0 = load in the training process."""
     validation: ValidationSet | None = None

@@ -39,7 +39,7 @@ from ..model.markers import IGNORE_INDEX, LABEL_GROUP_TEXT
 from ..model.modeling_vlsa import grids_to_tensor
 from .chat import ChatEncoder
 from .images import ImageInputs, prepare_image
-from .records import DEFAULT_MAX_PIXELS, image_location, load_image
+from .records import DEFAULT_MAX_PIXELS, file_digest_of, image_location, load_image
 from .targets import file_digest
 from .types import BadSample, Record, Skip, Turn
 
@@ -231,8 +231,10 @@ class VLSADataset(Dataset):
             if self.cognition is not None:
                 turns = self.cognition(record, image, self.epoch)
             if self.latent_cache is not None and self.config.recon:
-                # Keyed by the file's SHA-256: one more read of a local file (in the page cache by now).
-                latent = self.latent_cache.get_latent_params(file_digest(image_location(root, record.image)))
+                # Keyed by the file's SHA-256, hashed by the loader from the bytes it decoded (one read); a
+                # loader that leaves no digest costs one more read of the file.
+                digest = file_digest_of(image) or file_digest(image_location(root, record.image))
+                latent = self.latent_cache.get_latent_params(digest)
         visual = [inputs.num_tokens] if inputs is not None else []
         enc = self.encoder.encode(turns, visual, self.max_length)
         return Sample(record.id, enc.input_ids, enc.labels, enc.label_groups, inputs, latent, enc.truncated)

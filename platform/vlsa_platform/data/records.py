@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import hashlib
 import io
 import json
 import os
@@ -49,12 +50,15 @@ from .types import BadSample, Record, Skip, Turn
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DIGEST_INFO",
     "MAX_IMAGE_BYTES",
     "BadSample",
     "DatasetError",
     "check_image",
     "dataset_location",
     "default_image_root",
+    "file_digest_of",
+    "image_digest",
     "image_location",
     "load_image",
     "open_image",
@@ -73,6 +77,22 @@ _MISSING = object()
 # PIL warns (DecompressionBombWarning) above Image.MAX_IMAGE_PIXELS and raises above twice that. A warning is
 # easy to miss in a data pipeline: make it an error, which load_image turns into ``image_too_large``.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+#: Key of ``Image.info`` under which :func:`load_image` leaves the :func:`image_digest` of the bytes it decoded,
+#: so the frozen-target cache keys the image without reading its file again (one read per image).
+DIGEST_INFO = "vlsa.sha256"
+
+
+def image_digest(data: bytes) -> str:
+    """SHA-256 (hex) of an image file's bytes: the image part of a frozen-target cache key."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest_of(image: Image.Image) -> str | None:
+    """The :func:`image_digest` :func:`load_image` recorded on ``image``, ``None`` for an image from elsewhere."""
+    value = image.info.get(DIGEST_INFO)
+    return value if isinstance(value, str) else None
 
 
 class DatasetError(ValueError):
@@ -487,7 +507,8 @@ def load_image(
     cache: bool | str | os.PathLike[str] = True,
     allow_absolute: bool = False,
 ) -> Image.Image:
-    """Open, fully decode and convert a record's image to RGB.
+    """Open, fully decode and convert a record's image to RGB; ``image.info[DIGEST_INFO]`` holds the SHA-256 of
+    the file's bytes (:func:`file_digest_of`).
 
     Args:
         image_root: folder (local or ``s3://``) the path is relative to; ``None``: ``rel_path`` as it is.
@@ -509,7 +530,10 @@ def load_image(
         MemoryError: the process ran out of memory on an image within the limits (not the image's fault).
     """
     location = resolve_image(image_root, rel_path, allow_absolute=allow_absolute)
-    return to_rgb(open_image(_read_image_bytes(location, cache), location, max_pixels))
+    data = _read_image_bytes(location, cache)
+    image = to_rgb(open_image(data, location, max_pixels))
+    image.info[DIGEST_INFO] = image_digest(data)  # hashed from the bytes just read: no second read to key it
+    return image
 
 
 def check_image(

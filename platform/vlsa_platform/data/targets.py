@@ -16,13 +16,16 @@ transform) and can be computed once and reused by every stage, run and sweep tri
   a local folder or ``s3://bucket/prefix`` (:mod:`vlsa_platform.storage`). One object per entry rather than
   batches: a training sample reads exactly its image's entry, parallel writers (Ray actors, several trials)
   never contend for a shared file or index, and a write is atomic on its own (local: temp file +
-  ``os.replace``; S3: a PUT is atomic). A VQ entry is ~4 KB (32x32 int32), a VAE entry 512 KB at paper scale
-  (2x16x64x64 float32), so per-object overhead is small against the payload.
+  ``os.replace``; S3: a PUT is atomic). A VQ entry is ~4 KB (32x32 int32), a VAE entry 256 KB at paper scale
+  (2x16x64x64, stored as float16 and returned as float32: :data:`STORED_DTYPES`), so per-object overhead is
+  small against the payload.
 - :class:`CachedTargets` binds a cache to a :class:`FrozenTargets`: the dataset's ``LatentCache``
   (``get_latent_params(image_bytes)``) and the cognition hook's VQ lookup (computed and stored on a miss).
 
 The image key is the SHA-256 of the image *file's bytes* (read, not decoded), so checking whether an image's
-targets exist costs a read and a hash, not a decode. Identical files anywhere share entries.
+targets exist costs a read and a hash, not a decode. Identical files anywhere share entries. The data loader
+hashes the bytes it decodes (``records.load_image`` leaves the digest on the image), so a cached image file is
+read once per sample.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import torch
 
 from .. import storage
 from .cognition import VQ_RESOLUTION, vq_indices, vq_pixels
+from .records import file_digest_of, image_digest
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -62,16 +66,17 @@ VQ_TRANSFORM = "cognition.vq_pixels:square-bicubic:v1"
 #: Std of the tiny preset's redrawn VQ codebook (about the spread of its random encoder's outputs).
 _TINY_CODEBOOK_STD = 0.3
 
-#: Version of the key and entry layout.
-CACHE_FORMAT = 1
+#: Version of the key and entry layout (part of every key). 2: VAE entries stored as float16 (format-1 entries,
+#: float32, have other keys and are never read as format 2).
+CACHE_FORMAT = 2
+
+#: How each kind is stored when its values are floating point: VAE posterior parameters as float16 (half the
+#: bytes; |mean| and the log-variance, clamped by diffusers to [-30, 20], are far inside float16's range, and
+#: its 11-bit mantissa is below the noise the posterior sample adds), returned as float32 by ``get``.
+STORED_DTYPES: dict[str, np.dtype] = {"vae": np.dtype(np.float16)}
 
 
 # ------------------------------------------------------------------------------------------------ hashing
-
-
-def image_digest(data: bytes) -> str:
-    """SHA-256 (hex) of an image file's bytes: the image part of a cache key."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def file_digest(uri: str | os.PathLike[str]) -> str:
@@ -348,17 +353,22 @@ class TargetCache:
             raise storage.StorageError(f"{self.uri(key)}: {exc}") from exc
 
     def get(self, key: TargetKey) -> np.ndarray | None:
-        """The stored array, or ``None`` when there is no entry."""
+        """The stored array (float32 for a kind stored in lower precision), or ``None`` when there is none."""
         uri = self.uri(key)
         try:
             data = storage.read_bytes(uri, client=self.client if self.is_s3 else None)
         except (FileNotFoundError, storage.NotFoundError):
             return None
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return npz["data"]
+            array = npz["data"]
+        return array.astype(np.float32) if key.kind in STORED_DTYPES else array
 
     def put(self, key: TargetKey, array: np.ndarray) -> None:
-        """Store ``array`` atomically (a reader sees the whole entry or none)."""
+        """Store ``array`` atomically (a reader sees the whole entry or none), floating point values in
+        :data:`STORED_DTYPES`' dtype for their kind."""
+        stored = STORED_DTYPES.get(key.kind)
+        if stored is not None and np.issubdtype(array.dtype, np.floating):
+            array = array.astype(stored)
         buf = io.BytesIO()
         meta = json.dumps({"format": CACHE_FORMAT, **dataclasses.asdict(key), "digest": key.digest})
         np.savez(buf, data=np.ascontiguousarray(array), meta=np.array(meta))
@@ -442,19 +452,23 @@ class CachedTargets:
         )
 
     def vq_lookup(self, image_roots: dict[str, str]) -> Callable[[Record, Any], np.ndarray]:
-        """``(record, image) -> (h', w')`` for :class:`.cognition.CognitionHook`; the image file is
-        ``image_roots[record.dataset] / record.image`` (hashed, not decoded again)."""
+        """``(record, image) -> (h', w')`` for :class:`.cognition.CognitionHook`; the image is keyed by the digest
+        ``records.load_image`` left on it, else its file ``image_roots[record.dataset] / record.image`` is read
+        and hashed."""
 
         def lookup(record: Record, image: Any) -> np.ndarray:
             assert record.image is not None
-            uri = storage.join(image_roots[record.dataset], record.image)
-            return self.vq_grid(file_digest(uri), image)
+            digest = file_digest_of(image) if hasattr(image, "info") else None
+            if digest is None:
+                digest = file_digest(storage.join(image_roots[record.dataset], record.image))
+            return self.vq_grid(digest, image)
 
         return lookup
 
 
 __all__ = [
     "CACHE_FORMAT",
+    "STORED_DTYPES",
     "TARGET_KINDS",
     "VQ_TRANSFORM",
     "CachedTargets",

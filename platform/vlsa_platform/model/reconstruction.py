@@ -55,6 +55,8 @@ class ReconstructionObjective(nn.Module):
         self.logit_std = config.logit_std
         self.mode_scale = config.mode_scale
         self.resolution = config.recon_resolution
+        self.vae_encoder_calls = 0
+        """Images this instance's frozen VAE has encoded (targets given as pixels; cached latents cost none)."""
 
     def train(self, mode: bool = True) -> ReconstructionObjective:
         super().train(mode)
@@ -74,6 +76,7 @@ class ReconstructionObjective(nn.Module):
             if pixels is None:
                 raise ValueError("encode needs pixels or latent_params")
             latent_params = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.parameters
+            self.vae_encoder_calls += pixels.shape[0]
         dist = DiagonalGaussianDistribution(latent_params.to(self.vae.dtype))
         cfg = self.vae.config
         return (dist.sample(generator=generator) - (cfg.shift_factor or 0.0)) * cfg.scaling_factor

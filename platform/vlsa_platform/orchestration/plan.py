@@ -27,7 +27,10 @@ time); per run
 ``lr`` by trainable part, ``mixture``, ``warnings`` (e.g. settings the memory estimate says do not fit); in
 ``loss`` the in-stage ``schedule``; in ``placement`` ``use_gpu``, ``offload``, ``derived`` (the fields the file
 left open), ``memory_gib_per_gpu`` with its ``memory_breakdown_gib``, ``host_gib_per_gpu`` (offloaded
-states), ``accelerator_memory_gib``, ``fits`` and ``hourly_usd`` (all workers); ``estimate`` (:mod:`.estimate`)
+states), ``accelerator_memory_gib``, ``fits`` and ``hourly_usd`` (all workers); ``checkpoint`` (where a stage saves
+every ``checkpoint_every`` steps and its wall time is estimated: the bytes each node writes, the save's seconds
+at a stated disk bandwidth and the stall as a share of training time, ``cluster.checkpoint_cost``);
+``estimate`` (:mod:`.estimate`)
 per stage (FLOPs per sample and by part, LLM tokens, samples, devices, MFU, GPU-hours, wall hours, price),
 per run (its stages added up) and for the submission (``full``, ``with_prefixes``, ``asha_floor``).
 
@@ -54,6 +57,7 @@ from ..cluster import (
     derive_placement,
     stage_needs,
 )
+from ..cluster.checkpoint_cost import stage_checkpoint_stall
 from ..config.errors import ConfigError
 from ..config.schema import ExperimentConfig, StageConfig, sampled_size
 from ..config.sweep_section import SEED_KEY
@@ -245,6 +249,8 @@ def plan_run(run: PlannedRun, placements: Mapping[str, ResolvedPlacement] | None
                 "estimate": stage_estimate(config, name, numbers, placement, steps),
             }
         )
+        if stage.checkpoint_every and (stall := stage_checkpoint_stall(stages[-1], stage.checkpoint_every)):
+            stages[-1]["checkpoint"] = stall.as_plan()
     return {
         "name": run.name,
         "variant": run.variant,

@@ -7,11 +7,13 @@ Ray job on a cluster (:mod:`.entry`). It
    :func:`~vlsa_platform.tracking.store.shared_store`);
 2. creates the parent run (experiment = the file's ``name``, run name = the submission id) with the resolved
    config, or re-attaches to it when resuming;
-3. runs the trials as a ``ray.tune.Tuner`` (:mod:`.sweep` for the search space and searcher, :mod:`.decisions` for the scheduler): each
+3. fills the experiment's frozen-target cache for every image its runs read, with Ray Data, skipping entries
+   that exist (:mod:`.cache_fill`; counts on one line and on the parent run), so no trial encodes an image;
+4. runs the trials as a ``ray.tune.Tuner`` (:mod:`.sweep` for the search space and searcher, :mod:`.decisions` for the scheduler): each
    trial is a small function trainable that calls :func:`.training.run_training` for its run, whose stages are
    Ray Train ``TorchTrainer`` s reporting to Tune through ``TuneReportCallback`` — only at validation points,
    so every Tune result carries the sweep's metric;
-4. closes the parent run (``FINISHED``, or ``FAILED`` when a trial failed, ``KILLED`` when interrupted) and
+5. closes the parent run (``FINISHED``, or ``FAILED`` when a trial failed, ``KILLED`` when interrupted) and
    marks trials that ASHA stopped early (child run ``KILLED``, tag ``vlsa.early_stopped``).
 
 Layout in the run storage (``storage.path``; default ``<workdir>/storage``)::
@@ -41,7 +43,7 @@ from ..tracking.report.queries import first_values
 from ..tracking.store import LocalTrackingServer, TrackingStore, resolve_store, shared_store
 from ..tracking.tracker import Tracker, git_commit
 from .decisions import scheduler, worker_clock
-from .plan import expand_runs, model_numbers, remember_model_numbers, stage_placements
+from .plan import estimated_run_hours, expand_runs, model_numbers, remember_model_numbers, stage_placements
 from .progress import ProgressCallback, ValidationReportCallback
 from .submission_types import ClusterResourceError, SubmissionResult, SubmissionSpec, TrialOutcome
 from .sweep import num_samples, param_space, search_algorithm, trial_run
@@ -183,6 +185,10 @@ def _parent_run(sub: SubmissionSpec, config: ExperimentConfig, store: TrackingSt
     }
     tracker = Tracker.start_parent(config.name, sub.submission_id, tags=tags, store=store)
     tracker.log_config(config.resolved())
+    # what ``report`` sets beside each child's measured cost/gpu_hours
+    tracker.log_params(
+        names.estimate_params(estimated_run_hours(config), per_variant=config.ablation is not None)
+    )
     tracker.log_text(config.description or config.name, "description.txt")
     return tracker
 
@@ -259,6 +265,10 @@ def run_submission(
         interrupted = False
         trials: list[TrialOutcome] = []
         try:
+            # Before the first trial: every image the runs read gets its frozen targets once, for all trials.
+            from .cache_fill import fill_before_trials  # the data and model stack, only when one runs
+
+            fill_before_trials(config, sub.runs_root, say, tracker=parent)
             tuner = _tuner(sub, config, served.uri, parent.run_id, progress, resume, concurrent, say)
             say(
                 f"{config.kind} {sub.submission_id}: up to {concurrent} trial"

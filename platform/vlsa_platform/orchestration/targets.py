@@ -2,8 +2,9 @@
 
 Each image's targets (VQ indices, VAE posterior parameters; :mod:`vlsa_platform.data.targets`) are computed
 at most once per (image bytes, frozen weights, resolution, transform), whatever the number of stages, runs and
-sweep trials that use them: the cache key holds nothing else. ``fill_cache`` reads each image file, hashes it,
-checks which of its entries exist, and decodes and encodes only the images with a missing entry.
+sweep trials that use them: the cache key holds nothing else. ``fill_cache`` reads each image file once, hashes
+those bytes, checks which of its entries exist, and decodes (from the same bytes) and encodes only the images
+with a missing entry. A submission fills the cache before its first trial (:mod:`.cache_fill`).
 
 Under Ray, ``ray.data.from_items(paths).map_batches(TargetFiller, compute=ActorPoolStrategy(size=n))``: each
 actor builds the frozen models once (a callable class's constructor), then handles batches of image paths —
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,26 @@ def fill_cache(
     image_root: str | Mapping[str, str],
     cache_root: str,
     frozen: FrozenBuilder | str,
+    **options: Any,
+) -> FillReport:
+    """Compute the cache entries that are missing for the images of ``records``.
+
+    Args:
+        records: ``Record``s (text-only ones are skipped), mappings with ``image`` (and ``dataset``), or
+            image paths relative to ``image_root``.
+        image_root: folder or ``s3://`` prefix of the images, or ``{dataset: root}``.
+        cache_root, frozen, options: as :func:`fill_uris`.
+
+    Returns:
+        The counts; entries already present are only checked, never recomputed.
+    """
+    return fill_uris(_image_uris(records, image_root), cache_root, frozen, **options)
+
+
+def fill_uris(
+    uris: Sequence[str],
+    cache_root: str,
+    frozen: FrozenBuilder | str,
     *,
     kinds: Iterable[str] | None = None,
     use_ray: bool = False,
@@ -167,12 +188,10 @@ def fill_cache(
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
 ) -> FillReport:
-    """Compute the cache entries that are missing for the images of ``records``.
+    """Compute the cache entries that are missing for the image files ``uris`` (local paths or ``s3://``).
 
     Args:
-        records: ``Record``s (text-only ones are skipped), mappings with ``image`` (and ``dataset``), or
-            image paths relative to ``image_root``.
-        image_root: folder or ``s3://`` prefix of the images, or ``{dataset: root}``.
+        uris: the image files (distinct; each is read once).
         cache_root: the cache's folder or ``s3://`` prefix.
         frozen: a picklable zero-argument builder of :class:`FrozenTargets` (e.g.
             ``functools.partial(build_frozen_targets, "paper", grid_pinpoints=[[1, 1], [2, 2]])``), or a
@@ -181,14 +200,11 @@ def fill_cache(
         use_ray: Ray Data with ``concurrency`` actors (Ray is started locally if it is not yet); else in
             this process.
         concurrency, batch_size, num_cpus, num_gpus: actor pool size, images per batch, resources per actor.
-
-    Returns:
-        The counts; entries already present are only checked, never recomputed.
     """
     build: FrozenBuilder = (
         functools.partial(build_frozen_targets, frozen) if isinstance(frozen, str) else frozen
     )
-    uris = _image_uris(records, image_root)
+    uris = list(uris)
     kinds = tuple(kinds) if kinds is not None else None
     if not uris:
         return FillReport()
@@ -223,6 +239,7 @@ def _fill_with_ray(
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the caller prints one summary line
     ds = ray.data.from_items([{"uri": u} for u in uris]).map_batches(
         TargetFiller,
         fn_constructor_kwargs={"cache_root": cache_root, "build": build, "kinds": kinds},
@@ -235,4 +252,4 @@ def _fill_with_ray(
     return list(ds.iter_batches(batch_size=None, batch_format="numpy"))
 
 
-__all__ = ["FillReport", "TargetFiller", "decode_image", "fill_cache"]
+__all__ = ["FillReport", "TargetFiller", "decode_image", "fill_cache", "fill_uris"]

@@ -31,7 +31,8 @@ in stage N's final checkpoint. Re-launching a run with the same name skips the s
 resumes the interrupted one from its latest checkpoint (Ray Train V2 restores a run's checkpoint history from
 its storage folder).
 
-This module is the only one in the training path that imports Ray (DESIGN.md §3).
+This module and :mod:`.run_checkpoints` (where a worker writes its part of a checkpoint: in place in run storage,
+or staged and uploaded) are the only ones in the training path that import Ray (DESIGN.md §3).
 """
 
 from __future__ import annotations
@@ -56,12 +57,18 @@ from ..train.spec import EXPORT_DIR, PROGRESS_FILE, DivergedError, StageSpec
 from . import divergence
 from .plan import PlannedRun, plan_run, stage_placements
 from .prefixes import SharedPrefixes, publish
+from .run_checkpoints import CheckpointWriter, remove_unreported_checkpoints
 from .rungs import RUNG_CLOCK, RungClock
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 TARGETS_DIR = "targets"
+
+
+def target_cache_root(storage_root: str, experiment: str) -> str:
+    """The frozen-target cache every run of experiment ``experiment`` shares, under the run storage."""
+    return storage.join(storage_root, names.path_part(experiment), TARGETS_DIR)
 
 
 class RunConflictError(ValueError):
@@ -162,6 +169,7 @@ class _RayWorkerContext:
         """Global step of the running stage's step 0."""
         self._latest: dict[str, Any] = {}
         self._stage_steps: dict[str, int] = {}
+        self._checkpoints = CheckpointWriter()
 
     def persisted_checkpoint(self) -> str | None:
         """The location (local folder or ``s3://``) of the latest checkpoint persisted in storage."""
@@ -185,14 +193,19 @@ class _RayWorkerContext:
         with checkpoint.as_directory() as folder:
             yield folder
 
+    def checkpoint_folder(self, final: bool) -> contextlib.AbstractContextManager[Path]:
+        """The next checkpoint's folder (:meth:`.run_checkpoints.CheckpointWriter.folder`)."""
+        return self._checkpoints.folder(final)
+
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         import ray.train
 
         self.last_metrics = dict(metrics)
         checkpoint = None
+        options: dict[str, Any] = {}
         last = False
         if checkpoint_dir:
-            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+            checkpoint, options = self._checkpoints.for_report(checkpoint_dir)
             progress_file = Path(checkpoint_dir) / PROGRESS_FILE  # rank 0's, whose metrics Ray keeps
             if progress_file.exists():
                 progress = json.loads(progress_file.read_text())
@@ -203,7 +216,7 @@ class _RayWorkerContext:
             clock, point = self._rung_reading(int(metrics["global_step"]), last)
             metrics = {**metrics, RUNG_CLOCK: float(clock)}
             due = self.rung_clock.waits_at(clock, point)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, **options)
         if self.await_decisions is not None and self.rank == 0:
             self._await_decision(metrics, due)
 
@@ -258,6 +271,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     )
     before = loop_config.get("previous")
     previous = StageOutcome(**before) if before else None
+    if ctx.rank == 0:
+        remove_unreported_checkpoints(directory)
     for data in loop_config["specs"]:
         spec = StageSpec.from_dict(data)
         marker = _complete_marker(directory, spec.stage)
@@ -482,7 +497,7 @@ def run_training(
             steps=stages[index]["steps"],
             run_id=tracker.run_id if tracker else None,
             tracking_uri=store.uri if store else None,
-            target_cache=storage.join(storage_root, names.path_part(config.name), TARGETS_DIR),
+            target_cache=target_cache_root(storage_root, config.name),
         )
 
     fit = functools.partial(

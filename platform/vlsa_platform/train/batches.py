@@ -33,6 +33,7 @@ from ..data.mixture import EpochOrder, build_mixture_plan, group_by_modality
 from ..data.records import dataset_location, read_records
 from ..data.types import Record, Skip
 from ..model.configuration_vlsa import VLSAConfig
+from .frozen_targets import asks_vq, frozen_vq
 
 #: Samples per validation micro-batch in every stage (a forward without gradients fits wherever training fits).
 VALIDATION_MICRO_BATCH = 1
@@ -122,21 +123,13 @@ def validation_cognition_hook(config: ExperimentConfig, vq_lookup: Any = None) -
 def vq_targets(config: ExperimentConfig, stage: str, cache: Any) -> Any:
     """The VQ grids of stage ``stage``'s cognition questions through the frozen-target cache ``cache`` (a
     ``data.targets.TargetCache``; computed and stored on a miss), as ``data.targets.CachedTargets``; ``None``
-    when neither its training data nor the validation set asks VQ questions. Built whatever
-    ``model.cognition`` says when the validation asks them (its questions are every run's)."""
-    validation = config.data.validation
-    in_training = config.cognition_applies(stage) and config.data.cognition.p_vq > 0
-    if not (in_training or (validation is not None and validation.cognition.p_vq > 0)):
+    when neither its training data nor the validation set asks VQ questions (:func:`.frozen_targets.asks_vq`).
+    Built whatever ``model.cognition`` says when the validation asks them (its questions are every run's)."""
+    if not asks_vq(config, stage):
         return None
-    from ..data.targets import CachedTargets, build_frozen_targets
+    from ..data.targets import CachedTargets
 
-    frozen = build_frozen_targets(
-        config.model.preset,
-        kinds=("vq",),
-        vq_source=config.model.weights.vq,
-        seed=config.seed,
-    )
-    return CachedTargets(cache, frozen)
+    return CachedTargets(cache, frozen_vq(config))
 
 
 class StageData:

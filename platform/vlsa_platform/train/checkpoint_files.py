@@ -22,10 +22,16 @@ tensors, containers and numbers and refuses any other global, so a planted ``__r
 A refusal is an :class:`UnsafeCheckpointError` naming the file and the pickled type no checkpoint contains.
 Exported models are safetensors (``build.write_export`` / ``build.load_exported``), which hold no code at all.
 
-Staging. Each checkpoint is written to ``<tmp>/vlsa-ckpt-staging/<host>-<pid>-<random>`` and handed to the
-worker context, which copies it to run storage; the folder is removed afterwards, or, when the process was
+Where a checkpoint is written. Where every worker can write the run storage as a file system (a local folder,
+a shared mount), each rank writes straight into the checkpoint's final folder there (:func:`direct_folder`) and
+nothing is copied. Elsewhere (S3) each checkpoint is written to ``<tmp>/vlsa-ckpt-staging/<host>-<pid>-<random>``
+and handed to the worker context, which uploads it; the folder is removed afterwards, or, when the process was
 killed meanwhile, by the next stage start on that host (:func:`remove_leaked_staging`: folders of this host's
-dead processes). Free space is checked before writing (:func:`lacking_space`).
+dead processes). Free space is checked before writing (:func:`lacking_space`); the files of a direct save are
+put on disk (:func:`sync_files`) and its ``progress.json`` renamed into place last (:func:`write_marker`)
+before the checkpoint is reported (for one rank the marker is the commit point; with several, the worker
+context's registration once every rank reported). A save killed half-way leaves a folder no report registered:
+ignored by every load (they read reported checkpoints only) and removed by :func:`remove_unreported`.
 """
 
 from __future__ import annotations
@@ -41,11 +47,13 @@ import socket
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+
+from .. import durable
 
 log = logging.getLogger(__name__)
 
@@ -190,20 +198,85 @@ def staging_root() -> Path:
     return Path(tempfile.gettempdir()) / STAGING_DIR
 
 
+def is_staging(folder: str | Path) -> bool:
+    """Whether ``folder`` lies under :func:`staging_root` (a copy about to be uploaded, not the stored one)."""
+    return Path(folder).absolute().is_relative_to(staging_root().absolute())
+
+
 def _prefix() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-"
 
 
-@contextlib.contextmanager
-def staging_folder() -> Iterator[Path]:
-    """A new, empty folder ``<host>-<pid>-<random>`` under :func:`staging_root`, removed on the way out."""
+def new_staging_folder() -> Path:
+    """A new, empty folder ``<host>-<pid>-<random>`` under :func:`staging_root`; the caller removes it (or
+    hands it to an uploader that does)."""
     root = staging_root()
     root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=_prefix(), dir=root))
+    return Path(tempfile.mkdtemp(prefix=_prefix(), dir=root))
+
+
+@contextlib.contextmanager
+def staging_folder() -> Iterator[Path]:
+    """A :func:`new_staging_folder`, removed on the way out."""
+    folder = new_staging_folder()
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def direct_folder(folder: str | Path, reported: Callable[[], bool]) -> Iterator[Path]:
+    """``folder``, a checkpoint's final folder in run storage (created; every rank of a save writes its files
+    into it), removed when the save inside raises before it was ``reported`` (once reported it is the run's
+    checkpoint, whatever comes after), kept otherwise. A kill leaves it, unreported (:func:`remove_unreported`)."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if not reported():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def sync_files(folder: str | Path) -> int:
+    """Put every file under ``folder``, and the folders themselves, on disk (``fsync``); returns the files'
+    bytes. A direct save calls it before its report, so a checkpoint is on disk once it is registered."""
+    root = Path(folder)
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = Path(directory, name)
+            # (suppressed: another rank's temporary file, renamed meanwhile)
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+                total += os.fstat(handle.fileno()).st_size
+        durable.sync_dir(Path(directory))
+    return total
+
+
+def write_marker(path: str | Path, text: str) -> None:
+    """Write a checkpoint's marker (``progress.json``) atomically and durably: a whole file or none."""
+    durable.replace_text(Path(path), text)
+
+
+def remove_unreported(
+    experiment_dir: str | Path, reported: Iterable[str | Path], prefix: str = "checkpoint_"
+) -> list[Path]:
+    """Remove the checkpoint folders (``prefix*``) directly under ``experiment_dir`` that are not among
+    ``reported`` (the run's registered checkpoints): what saves killed half-way left. Returns them. Call it only
+    while no save is under way in that folder."""
+    root = Path(experiment_dir)
+    keep = {Path(p).resolve() for p in reported}
+    removed = []
+    for folder in sorted(root.glob(f"{prefix}*")) if root.is_dir() else []:
+        if folder.is_dir() and folder.resolve() not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.info("removed %d checkpoint folders of saves that never completed: %s", len(removed), removed)
+    return removed
 
 
 def _alive(pid: int) -> bool:
@@ -259,11 +332,17 @@ __all__ = [
     "UnsafeCheckpointError",
     "deepspeed_globals",
     "deepspeed_loads_weights_only",
+    "direct_folder",
+    "is_staging",
     "lacking_space",
     "load_weights_only",
+    "new_staging_folder",
     "refusal",
     "refused_file",
     "remove_leaked_staging",
+    "remove_unreported",
     "staging_folder",
     "staging_root",
+    "sync_files",
+    "write_marker",
 ]

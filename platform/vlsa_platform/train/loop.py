@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..config.schema import EffectiveLoss, ExperimentConfig, StageConfig
+from ..data.targets import TARGET_KINDS
 from ..model.parts import set_trainable
 from ..tracking import names
 from ..tracking.cost import GpuHoursMeter
@@ -52,7 +53,8 @@ from ..tracking.tracker import NullTracker, Tracker, tracker_for_rank
 from . import checkpoint_files
 from .batches import Batch, StageData, to_device, vq_targets
 from .build import build_model, build_tokenizer, write_export
-from .metrics import MetricWindow, skipped_totals
+from .frozen_targets import ENCODER_CALLS_METRIC, encoder_calls, latent_targets
+from .metrics import MetricWindow, all_reduce, skipped_totals
 from .schedules import build_lr_scheduler
 from .spec import CHECKPOINT_TAG, EXPORT_DIR, PROGRESS_FILE, DivergedError, StageSpec
 from .step import train_step
@@ -70,6 +72,13 @@ class WorkerContext(Protocol):
         """A local folder holding the latest reported checkpoint, or ``None`` on a fresh start."""
         ...
 
+    def checkpoint_folder(self, final: bool) -> contextlib.AbstractContextManager[Path]:
+        """The folder this rank writes its files of the next checkpoint into, then reports (inside): the
+        checkpoint's own folder in run storage where the workers can write it (nothing is copied), else a local
+        staging folder the report uploads. ``final``: the stage's last checkpoint (the next stage reads its
+        export). A save that raises inside leaves nothing behind. Every rank calls it together."""
+        ...
+
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         """Report ``metrics`` (and this rank's files of a checkpoint); every rank calls it together."""
         ...
@@ -77,25 +86,39 @@ class WorkerContext(Protocol):
 
 @dataclass
 class LocalContext:
-    """A one-process :class:`WorkerContext`: checkpoints are copied to ``root/checkpoint_<n>``."""
+    """A one-process :class:`WorkerContext`: checkpoints are kept in ``root/checkpoint_<n>``, copied there
+    from a staging folder or, with ``direct``, written there."""
 
     root: str | None = None
     rank: int = 0
     world_size: int = 1
     reports: list[dict[str, float]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
+    direct: bool = False
+    """Write each checkpoint straight into its folder under ``root`` (as Ray Train's workers do where they
+    can write the run storage) instead of staging it and copying it there."""
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
         yield self.checkpoints[-1] if self.checkpoints else None
 
+    def _next(self) -> Path:
+        if self.root is None:
+            raise ValueError("LocalContext needs a root to keep checkpoints")
+        return Path(self.root) / f"checkpoint_{len(self.checkpoints):06d}"
+
+    def checkpoint_folder(self, final: bool = False) -> contextlib.AbstractContextManager[Path]:
+        if self.direct:
+            target = self._next()
+            return checkpoint_files.direct_folder(target, lambda: str(target) in self.checkpoints)
+        return checkpoint_files.staging_folder()
+
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None:
-            if self.root is None:
-                raise ValueError("LocalContext needs a root to keep checkpoints")
-            target = Path(self.root) / f"checkpoint_{len(self.checkpoints):06d}"
-            shutil.copytree(checkpoint_dir, target, dirs_exist_ok=True)
+            target = self._next()
+            if Path(checkpoint_dir) != target:
+                shutil.copytree(checkpoint_dir, target, dirs_exist_ok=True)
             self.checkpoints.append(str(target))
 
 
@@ -117,20 +140,17 @@ def _target_cache(config: ExperimentConfig, spec: StageSpec, model: torch.nn.Mod
     """``(VQ targets, latent cache)`` through the frozen-target cache: VQ grids for the cognition turns of the
     stage's training data and of the validation set (computed and stored on a miss; built whenever either asks
     VQ questions, whatever ``model.cognition``), and VAE latents read from it when a fill put them there (keyed
-    by the model's own frozen VAE, so a cache filled with other weights never matches). ``(None, None)``
-    without a cache: no VQ questions, VAE latents computed in the forward."""
+    by the model's own frozen VAE and L_rec transform, :func:`.frozen_targets.latent_targets`, so a cache
+    filled with other weights never matches). ``(None, None)`` without a cache: no VQ questions, VAE latents
+    computed in the forward."""
     if spec.target_cache is None:
         return None, None
-    from ..data.targets import CachedTargets, FrozenTargets, TargetCache
+    from ..data.targets import CachedTargets, TargetCache
 
     cache = TargetCache(spec.target_cache)
     vq = vq_targets(config, spec.stage, cache)
-    latent = None
-    recon = getattr(model, "reconstruction", None)
-    if recon is not None:
-        frozen_vae = FrozenTargets(vae=recon.vae, recon_resolution=model.config.recon_resolution)
-        latent = CachedTargets(cache, frozen_vae)
-    return vq, latent
+    frozen_vae = latent_targets(model)
+    return vq, CachedTargets(cache, frozen_vae) if frozen_vae is not None else None
 
 
 def _check_world(spec: StageSpec, ctx: WorkerContext) -> None:
@@ -239,6 +259,7 @@ def _set_up(spec: StageSpec, ctx: WorkerContext) -> _StageRun:
         tracker=tracker,
         validation=Validation.for_stage(config, data, tokenizer, model, ctx.world_size),
         unproven_checkpoint=counters.step or None,  # a checkpoint is written only after an optimizer step
+        encoder_calls=functools.partial(encoder_calls, model, vq_targets),
     )
 
 
@@ -272,6 +293,8 @@ class _StageRun:
     checkpoint is written after an optimizer step, so it may hold the very update that diverged."""
     nonfinite_streak: int = 0
     """Micro-batches skipped in a row for a non-finite loss (``training.on_nonfinite``)."""
+    encoder_calls: Callable[[], dict[str, int]] = dict
+    """Images this rank's frozen encoders have seen, by kind (:func:`.frozen_targets.encoder_calls`)."""
 
     def progress(self) -> dict[str, Any]:
         """The stage's progress (a checkpoint's client state and ``progress.json``; what :func:`run_stage`
@@ -305,6 +328,17 @@ class _StageRun:
             self._count_nonfinite(c.stats["skipped_nonfinite"] > skipped_before)
             if metrics["optimizer_step"]:
                 self._after_optimizer_step(metrics)
+
+    def log_encoder_calls(self) -> None:
+        """Log the images the frozen encoders saw on all ranks in this attempt at the stage, by kind
+        (:data:`.frozen_targets.ENCODER_CALLS_METRIC`), once, at the stage's last step. Every rank calls it."""
+        calls = self.encoder_calls()
+        vector = torch.tensor([float(calls.get(kind, 0)) for kind in TARGET_KINDS], dtype=torch.float64)
+        totals = all_reduce(vector, self.strategy.device).tolist()
+        metrics = {
+            ENCODER_CALLS_METRIC.format(kind=k): float(n) for k, n in zip(TARGET_KINDS, totals, strict=True)
+        }
+        self.tracker.log_metrics(metrics, self.spec.step_offset + self.counters.step)
 
     def _count_nonfinite(self, skipped: bool) -> None:
         """Count a micro-batch skipped for a non-finite loss (every rank skips it together, so every rank
@@ -430,21 +464,26 @@ def _checkpoint(
     model_export: bool,
     spec: StageSpec,
 ) -> None:
-    """Every rank writes its part of the checkpoint to a staging folder (:func:`.checkpoint_files.staging_folder`,
-    after checking its file system has room for it) and reports it (Ray merges the ranks' folders into one); the
-    final one also holds the exported model (written by rank 0)."""
+    """Every rank writes its part of the checkpoint into the folder the context gives (the checkpoint's own
+    folder in run storage, or a staging folder: :meth:`WorkerContext.checkpoint_folder`), after checking its
+    file system has room for it, and reports it (Ray merges the ranks' parts into one); the final one also
+    holds the exported model (written by rank 0). Outside staging the files are put on disk before rank 0's
+    ``progress.json``, the marker, is renamed into place last."""
     export_here = model_export and ctx.rank == 0
-    with checkpoint_files.staging_folder() as folder:
+    with ctx.checkpoint_folder(final=model_export) as where:
+        folder = Path(where)
         extra = strategy.model_bytes() if export_here else 0
         strategy.save(folder, client_state=progress, tag=CHECKPOINT_TAG, extra_bytes=extra)
         state = strategy.full_state_dict() if model_export else None
+        if ctx.rank == 0 and state is not None:
+            described = {k: v for k, v in spec.to_dict().items() if k != "config"}
+            described["placement"] = spec.placement.as_plan()  # as the plan shows it
+            info = {**progress, "spec": described}
+            write_export(folder / EXPORT_DIR, state, strategy.engine.module.config, info)
+        if not checkpoint_files.is_staging(folder):
+            checkpoint_files.sync_files(folder)
         if ctx.rank == 0:
-            if state is not None:
-                described = {k: v for k, v in spec.to_dict().items() if k != "config"}
-                described["placement"] = spec.placement.as_plan()  # as the plan shows it
-                info = {**progress, "spec": described}
-                write_export(folder / EXPORT_DIR, state, strategy.engine.module.config, info)
-            (folder / PROGRESS_FILE).write_text(json.dumps(progress, sort_keys=True))
+            checkpoint_files.write_marker(folder / PROGRESS_FILE, json.dumps(progress, sort_keys=True))
         ctx.report({**metrics, "global_step": float(progress["global_step"])}, str(folder))
 
 
@@ -456,6 +495,7 @@ def run_stage(spec: StageSpec, ctx: WorkerContext) -> dict[str, Any]:
     run = _set_up(spec, ctx)
     try:
         run.fit()
+        run.log_encoder_calls()
         return run.progress()
     finally:
         run.tracker.close(timeout=30)
