@@ -98,7 +98,7 @@ def paper_export(tmp_path_factory) -> tuple[Path, int]:
     return out, sum(t.numel() * t.element_size() for t in state.values())
 
 
-@pytest.mark.slow  # about 40 s here: a 2.4 GB model built, written and loaded
+@pytest.mark.e2e  # about 40 s here: a 2.4 GB model built, written and loaded (make test-e2e)
 def test_a_paper_size_stage_loads_in_place_in_one_copy_and_equals_the_export(paper_export):
     export, weights_bytes = paper_export
     run = subprocess.run(
