@@ -21,17 +21,10 @@ from vlsa_platform.orchestration.ledger import find
 from vlsa_platform.tracking import names
 
 from ..orchestration.ray_head import ray_head
+from ..orchestration.test_submit_address_ray import FAST, PAPER
 from .stack import mlflow_server, postgres, status_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-ROOT = Path(__file__).resolve().parents[2]
-PAPER = ROOT / "experiments" / "vlsa_paper.yaml"
-FAST = [
-    *(f"stages.{s}.{k}" for s in ("stage1", "stage2", "stage3") for k in ("steps=1", "epochs=null")),
-    "data.validation.sampling=random:2",
-    "tracking.recon_every=null",
-]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Fixtures of the orchestration tests: a real Ray head with token authentication (:mod:`.ray_head`), and a
-local Ray in this process for the Ray Train runs."""
+"""Fixtures of the orchestration tests: a real Ray head with token authentication (:mod:`.ray_head`), a local
+Ray in this process for the Ray Train runs and the submissions, and a submission's work folder."""
 
 from __future__ import annotations
 
@@ -51,3 +51,21 @@ def ray_client_env(ray_cluster: RayHead, monkeypatch: pytest.MonkeyPatch, tmp_pa
     for key, value in ray_cluster.client_env().items():
         monkeypatch.setenv(key, value)
     return ray_cluster
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A local Ray of 2 CPUs in this process (``local_ray``: token auth, loopback) for a module's submissions."""
+    from vlsa_platform.orchestration.local import local_ray
+
+    with local_ray(num_cpus=2) as resources:
+        yield resources
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A submission's work folder (``--workdir``) under the test's own, run from there, with no tracking URI
+    from the environment (a module may define its own)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "work"

@@ -26,21 +26,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWa
 EXPERIMENT = "vlsa-loss-ratio"
 
 
-@pytest.fixture(scope="module")
-def local_cluster():
-    from vlsa_platform.orchestration.local import local_ray
-
-    with local_ray(num_cpus=2) as resources:
-        yield resources
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "work"
-
-
 def test_a_four_trial_sweep_encodes_each_image_once_per_kind(local_cluster, workdir, capsys):
     assert submit(workdir, "loss_ratio_sweep.yaml", "data.prefill_targets=true") == 0
     assert "target cache: " in capsys.readouterr().out

@@ -43,21 +43,6 @@ FAST = [
 SECTION_METRICS = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC, names.VAL_LOSS_LLM)
 
 
-@pytest.fixture(scope="module")
-def local_cluster():
-    from vlsa_platform.orchestration.local import local_ray
-
-    with local_ray(num_cpus=2) as resources:
-        yield resources
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "work"
-
-
 def submit(workdir: Path, name: str, *sets: str) -> int:
     args = ["submit", str(EXPERIMENTS / name), "--scale", "tiny", "--workdir", str(workdir)]
     for item in (*FAST, *sets):
