@@ -55,6 +55,8 @@ ray_bin="${VLSA_RAY_BIN:-$(command -v ray || true)}"
 [[ -x "$ray_bin" ]] || fail "no \`ray\` executable (PATH, or VLSA_RAY_BIN)"
 
 resources="${VLSA_RESOURCES:-}"
+[[ "${resources//[[:space:]]/}" == "{}" ]] && resources=""
+[[ -z "$resources" || "$resources" =~ ^[[:space:]]*\{.*\}[[:space:]]*$ ]] || fail "VLSA_RESOURCES must be a JSON object"
 if [[ -n "${VLSA_ACCELERATOR_TYPE:-}" ]]; then
     [[ "$VLSA_ACCELERATOR_TYPE" =~ ^[A-Za-z0-9_.-]+$ ]] || fail "VLSA_ACCELERATOR_TYPE=$VLSA_ACCELERATOR_TYPE"
     count="${VLSA_NUM_GPUS:-1}"
