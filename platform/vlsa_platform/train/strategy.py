@@ -7,7 +7,27 @@ config (:attr:`ds_config`, logged as an artifact), wraps the model with one Adam
 ``backward`` then ``step``; the engine reduces and applies the optimizer (and steps the LR scheduler) only at
 accumulation boundaries.
 
-Precision: bf16 on GPUs, fp32 on CPU (DeepSpeed's CPU accelerator with gloo, as the tests run it). Frozen
+Precision: bf16 on GPUs, fp32 on CPU (DeepSpeed's CPU accelerator with gloo, as the tests run it). bf16 has
+fp32's exponent range, so it needs no loss scaling and no per-step overflow test; the bf16 path pays for neither
+(issue 17 item 3: on an H200, DeepSpeed's serial per-tensor overflow test and per-tensor norms cost the tiny
+model's launch-bound step +33 % at ZeRO-0 and +53 % at ZeRO-2 against a plain bf16 loop):
+
+- ZeRO-0: DeepSpeed's ``torch_autocast`` instead of its ``bf16`` mode. Trained parameters stay fp32, frozen
+  ones are cast to bf16, and the forward runs under ``torch.autocast(bfloat16)`` (the engine enters it;
+  :meth:`DeepSpeedStrategy.precision` around ``generate``). DeepSpeed then wraps no optimizer: its ``bf16``
+  mode on ZeRO-0 would use ``FP16_UnfusedOptimizer``, which on every step tests each gradient for overflow,
+  measures the norm tensor by tensor and copies master weights one by one. The strategy clips with torch's
+  fused ``clip_grad_norm_`` (one global norm, also the reported ``grad_norm``) and, on a GPU, steps a fused
+  AdamW: the plain bf16 loop. Memory: 16 bytes per trained parameter (fp32 weight, gradient and two moments;
+  autocast's bf16 copy adds 2 during the step) and 2 per frozen one, within ``cluster.memory``'s 20 and 2.
+- ZeRO 1-3: DeepSpeed's ``bf16`` mode (bf16 module, fp32 master partitions) with ``check_grad_overflow``
+  off: ZeRO-1/2 then skip the serial overflow test and the host read-back of the norm's finiteness, and
+  measure the global norm once, for clipping and ``grad_norm``. ZeRO-3 tests for overflow under fp16 only
+  (the key changes nothing there); it still skips a step whose norm is non-finite.
+
+A non-finite loss is skipped before ``backward`` on every rank by the training step (``step.py``). A
+non-finite gradient from a finite loss is not caught on ZeRO-0 (fp32 or bf16) nor on bf16 ZeRO-1/2, as in a
+plain loop: the update makes the next losses non-finite, and ``training.on_nonfinite`` ends the stage. Frozen
 parts (``requires_grad`` False, set by :func:`vlsa_platform.model.parts.set_trainable` before ``prepare``) are
 left out of the optimizer; DeepSpeed keeps them as plain module parameters (ZeRO-3 partitions and gathers them
 like the rest, but never updates them).
@@ -135,7 +155,8 @@ class DeepSpeedStrategy:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     engine: Any = field(default=None, init=False, repr=False)
-    _last_norm: float | None = field(default=None, init=False, repr=False)
+    _last_norm: torch.Tensor | None = field(default=None, init=False, repr=False)
+    """The norm the strategy's own clipping measured at the last boundary (ZeRO-0)."""
 
     @classmethod
     def from_placement(cls, placement: ResolvedPlacement, **kwargs: Any) -> DeepSpeedStrategy:
@@ -196,11 +217,17 @@ class DeepSpeedStrategy:
         return self._world()
 
     @property
+    def autocast(self) -> bool:
+        """Whether the module stays fp32 and computes under ``torch.autocast(bfloat16)`` (bf16 ZeRO-0; see the
+        module docs) rather than being cast to bf16 for DeepSpeed's ``bf16`` mode."""
+        return self.bf16 and self.zero_stage == 0
+
+    @property
     def _clips_itself(self) -> bool:
-        """fp32 ZeRO-0: DeepSpeed clips there with a Python loop over parameters (and measures no norm), so the
-        strategy clips with torch's fused ``clip_grad_norm_`` instead; ZeRO 1-3 and bf16 clip in DeepSpeed's
-        optimizer wrappers."""
-        return self.zero_stage == 0 and not self.bf16
+        """ZeRO-0 (fp32, or bf16 through autocast): no DeepSpeed wrapper holds the optimizer there, and the
+        engine would clip with a Python loop over parameters (measuring no norm), so the strategy clips with
+        torch's fused ``clip_grad_norm_`` instead; ZeRO 1-3 clip in DeepSpeed's optimizer wrappers."""
+        return self.zero_stage == 0
 
     @property
     def ds_config(self) -> dict[str, Any]:
@@ -221,7 +248,7 @@ class DeepSpeedStrategy:
             "train_micro_batch_size_per_gpu": self.micro_batch,
             "gradient_accumulation_steps": self.grad_accum,
             "gradient_clipping": 0.0 if self._clips_itself else (self.max_grad_norm or 0.0),
-            "bf16": {"enabled": self.bf16},
+            **self._precision_config(),
             "fp16": {"enabled": False},
             "zero_optimization": zero,
             # Our optimizer is torch's AdamW (DeepSpeed's fused Adam needs CUDA); ZeRO accepts it with this flag.
@@ -230,6 +257,16 @@ class DeepSpeedStrategy:
             "wall_clock_breakdown": False,
         }
 
+    def _precision_config(self) -> dict[str, Any]:
+        """The ``bf16`` (and ``torch_autocast``) sections: see the module docs for the path of each stage."""
+        if self.autocast:
+            return {"bf16": {"enabled": False}, "torch_autocast": {"enabled": True, "dtype": "bfloat16"}}
+        if self.bf16:
+            # DeepSpeed's default (check_grad_overflow true) tests every gradient tensor for inf/NaN, serially,
+            # then reads the result back to the host: a loss-scaling check bf16 does not need.
+            return {"bf16": {"enabled": True, "check_grad_overflow": False}}
+        return {"bf16": {"enabled": False}}
+
     # -- engine --------------------------------------------------------------------------------------------
 
     def _optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -237,7 +274,10 @@ class DeepSpeedStrategy:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             return DeepSpeedCPUAdam(groups, betas=self.betas, eps=self.eps, adamw_mode=True)
-        return torch.optim.AdamW(groups, betas=self.betas, eps=self.eps)
+        # ZeRO-0 hands the optimizer every parameter (ZeRO 1-3 one flat partition per group): on a GPU, torch's
+        # fused kernel updates them all in one launch, as the plain loop's AdamW does.
+        fused = self.zero_stage == 0 and torch.cuda.is_available()
+        return torch.optim.AdamW(groups, betas=self.betas, eps=self.eps, fused=fused or None)
 
     def prepare(
         self,
@@ -251,7 +291,13 @@ class DeepSpeedStrategy:
 
         if self.activation_checkpointing and hasattr(model, "enable_activation_checkpointing"):
             model.enable_activation_checkpointing()
-        if self.bf16:
+        if self.autocast:
+            # Frozen parts in bf16 (autocast computes them in bf16 anyway; 2 bytes each, as cluster.memory
+            # counts them); trained ones keep fp32 weights, gradients and updates, as in the plain loop.
+            for param in model.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(torch.bfloat16)
+        elif self.bf16:
             # Frozen parts stay in bf16 too: DeepSpeed casts only the module it wraps.
             model = model.to(torch.bfloat16)
         optimizer = self._optimizer(groups)
@@ -286,6 +332,14 @@ class DeepSpeedStrategy:
         """The model's forward through the engine (ZeRO-3 gathers parameters in its hooks)."""
         return self._need_engine()(**batch)
 
+    def precision(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for calling the module outside the engine's forward (``generate``): under autocast (bf16
+        ZeRO-0) its bf16 frozen and fp32 trained parts meet only inside ``torch.autocast``, which the engine's
+        forward enters itself; a no-op otherwise."""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch's loss (DeepSpeed scales it by ``1 / grad_accum``)."""
         self._need_engine().backward(loss)
@@ -296,8 +350,8 @@ class DeepSpeedStrategy:
         boundary = engine.is_gradient_accumulation_boundary()
         if boundary and self._clips_itself:
             params = [p for p in engine.module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
-            self._last_norm = float(norm)
+            # Kept as a tensor: read back in grad_norm(), after the optimizer step has been queued.
+            self._last_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
         engine.step()
         return boundary
 
@@ -312,9 +366,10 @@ class DeepSpeedStrategy:
         return {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
     def grad_norm(self) -> float | None:
-        """Global gradient norm of the last optimizer step (before clipping), when DeepSpeed measured it."""
+        """Global gradient norm of the last optimizer step (before clipping): the strategy's own on ZeRO-0,
+        DeepSpeed's (measured once, for its clipping) on ZeRO 1-3."""
         if self._clips_itself:
-            return self._last_norm
+            return None if self._last_norm is None else float(self._last_norm)
         norm = self._need_engine().get_global_grad_norm()
         return None if norm is None else float(norm)
 
@@ -366,8 +421,8 @@ class DeepSpeedStrategy:
         return client_state or {}
 
     def model_bytes(self) -> int:
-        """Bytes of the whole model's parameters and buffers at their dtypes (an export's size; under ZeRO-3
-        the full, unpartitioned sizes)."""
+        """Bytes of the whole model's parameters and buffers at their dtypes (an export's size, or more under
+        autocast, whose fp32 trained weights export in bf16; under ZeRO-3 the full, unpartitioned sizes)."""
         module = self._need_engine().module
         params = sum(_full_numel(p) * p.element_size() for p in module.parameters())
         return params + sum(b.numel() * b.element_size() for b in module.buffers())
@@ -423,16 +478,22 @@ class DeepSpeedStrategy:
 
         return deepspeed.zero.GatheredParameters(list(module.parameters(recurse=recurse)), modifier_rank=None)
 
+    def _exported(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU copy of ``tensor`` as the export holds it (bf16 under autocast, else its own dtype)."""
+        dtype = torch.bfloat16 if self.autocast and tensor.is_floating_point() else tensor.dtype
+        return tensor.detach().to("cpu", dtype=dtype, copy=True)
+
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The whole model's state dict as CPU copies (no shared storage) on rank 0, ``None`` on the others.
         Every rank must call it (ZeRO-3 gathers one module at a time, so no rank holds the whole model on its
-        device at once)."""
+        device at once). Under autocast (bf16 ZeRO-0) the fp32 weights are exported in bf16, as every bf16
+        stage exports them."""
         module = self._need_engine().module
         rank = _rank()
         if self.zero_stage != 3:
             if rank != 0:
                 return None
-            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            return {k: self._exported(v) for k, v in module.state_dict().items()}
         import deepspeed
 
         state: dict[str, torch.Tensor] = {}

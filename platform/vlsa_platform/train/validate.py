@@ -166,7 +166,7 @@ def evaluate(
                     else None
                 )
                 # the model's own parameters (anyres's image_newline): generate skips its forward hook
-                with strategy.gathered(model, recurse=False):
+                with strategy.gathered(model, recurse=False), strategy.precision():
                     decode_samples(
                         model, collector.samples, generation, tally, device=strategy.device, sync=sync
                     )
