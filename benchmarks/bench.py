@@ -8,7 +8,9 @@ line it prints whole (raw times included: each script keeps its repeats and medi
   from it by the ``figure`` functions below (``python benchmarks/bench.py --render`` redoes RESULTS.md from it);
 - ``benchmarks/RESULTS.md``: between its ``BEGIN``/``END`` markers, one row per figure — value, goal, met or
   missed — with the date and machine; the text after the markers (why a goal is missed and what would close
-  it) is written by people and kept.
+  it) is written by people and kept. The GPU script's rows (``benchmarks/gpu/``, run on a GPU node, not here)
+  come from the ``results-<gpu>.json`` files committed there (:func:`gpu_results`), or say "not measured: no
+  GPU at hand".
 
 A benchmark that fails or times out gives its figures as "not measured" with the reason, and the run goes on.
 
@@ -289,6 +291,86 @@ BENCHMARKS: list[Benchmark] = [
 ]
 
 
+#: The GPU script's results (``benchmarks/gpu/stage3_step.py``, run on a GPU node, not by ``make bench``): its
+#: JSON files committed there (``results-<gpu>.json``) give these rows; without one they say so.
+GPU_DIR = HERE / "gpu"
+NO_GPU = "not measured: no GPU at hand"
+GPU_FIGURES: list[Figure] = [
+    Figure("GPU stage III MFU, VLSA (672x672, paper widths)", _get("vlsa_mfu"), ">= 0.45", "", "{:.3f}"),
+    Figure("GPU stage III MFU, anyres", _get("modes", "anyres", "mfu"), "", "", "{:.3f}"),
+    Figure(
+        "GPU stage III LLM tokens/s, VLSA", _get("modes", "sa_perceiver", "tokens_per_s"), "", "/s", "{:,.0f}"
+    ),
+    Figure(
+        "GPU stage III LLM tokens/s, anyres", _get("modes", "anyres", "tokens_per_s"), "", "/s", "{:,.0f}"
+    ),
+    Figure(
+        "GPU stage III peak memory, VLSA",
+        _get("modes", "sa_perceiver", "peak_gpu_memory_gib"),
+        "",
+        "GiB",
+        "{:.1f}",
+    ),
+    Figure(
+        "GPU stage III peak memory, anyres",
+        _get("modes", "anyres", "peak_gpu_memory_gib"),
+        "",
+        "GiB",
+        "{:.1f}",
+    ),
+    Figure(
+        "platform step / plain PyTorch step, GPU bf16 ZeRO-0 (paper widths)",
+        _get("overhead_ratio"),
+        "<= 1.05",
+        "x",
+    ),
+]
+
+
+def gpu_results(directory: Path = GPU_DIR) -> list[tuple[str, dict[str, Any]]]:
+    """``(file name, result)`` of each GPU run's JSON file in ``directory`` (a tiny CPU run's left out), newest
+    first."""
+    found = []
+    for path in sorted(directory.glob("results-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            data.get("benchmark") == "gpu_stage3"
+            and not data.get("tiny")
+            and data.get("device", {}).get("kind") == "cuda"
+        ):
+            found.append((path.name, data))
+    return sorted(found, key=lambda item: str(item[1].get("date", "")), reverse=True)
+
+
+def gpu_rows(found: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The GPU script's rows: each figure of each result file, or "not measured" when there is none."""
+    out = []
+    for figure in GPU_FIGURES:
+        goal = f"{figure.goal} {figure.unit}".strip() if figure.goal else ""
+        if not found:
+            out.append(f"| {figure.name} | {NO_GPU} | {goal} | | `gpu` |")
+        for name, result in found:
+            value = figure.value(result, {})
+            where = f"`gpu/{name}` ({result.get('device', {}).get('name', '?')}, {str(result.get('date', '?'))[:10]})"
+            if value is None:
+                why = (
+                    "; ".join(f"{k}: {v}" for k, v in (result.get("errors") or {}).items())
+                    or "not in its result"
+                )
+                out.append(
+                    f"| {figure.name} | not measured ({why.splitlines()[0][:80]}) | {goal} | | {where} |"
+                )
+                continue
+            met = figure.met(value)
+            verdict = "" if met is None else ("met" if met else "**missed**")
+            shown = f"{figure.fmt.format(value)} {figure.unit}".strip()
+            out.append(f"| {figure.name} | {shown} | {goal} | {verdict} | {where} |")
+    return out
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     info: dict[str, Any] = {
@@ -358,7 +440,7 @@ def rows(results: dict[str, Any]) -> list[str]:
                 verdict = "" if met is None else ("met" if met else "**missed**")
             goal = f"{figure.goal} {figure.unit}".strip() if figure.goal else ""
             out.append(f"| {figure.name} | {shown} | {goal} | {verdict} | `{bench.name}` |")
-    return out
+    return out + gpu_rows(gpu_results())
 
 
 def render(results: dict[str, Any]) -> None:

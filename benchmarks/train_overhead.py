@@ -86,8 +86,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(config: Any, device: torch.device) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
-    model = build_model(config)
+def _build(
+    config: Any, device: torch.device, model: torch.nn.Module | None = None
+) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    """The stage's model (``model`` when given: another size, e.g. ``benchmarks/gpu``'s) and its param groups."""
+    model = build_model(config) if model is None else model
     set_trainable(model, config.stages[STAGE].trainable)
     groups = param_groups(model, config.stages[STAGE].lr, 0.0)
     return model, groups
@@ -96,8 +99,10 @@ def _build(config: Any, device: torch.device) -> tuple[torch.nn.Module, list[dic
 class Plain:
     """The hand-written loop."""
 
-    def __init__(self, config: Any, device: torch.device, steps: int) -> None:
-        self.model, groups = _build(config, device)
+    def __init__(
+        self, config: Any, device: torch.device, steps: int, model: torch.nn.Module | None = None
+    ) -> None:
+        self.model, groups = _build(config, device, model)
         self.model.to(device).train()
         if config.model.gradient_checkpointing:
             self.model.enable_activation_checkpointing()
@@ -126,9 +131,15 @@ class Platform:
     """The trainer's per-micro-batch path."""
 
     def __init__(
-        self, config: Any, device: torch.device, steps: int, zero_stage: int, micro_batch: int
+        self,
+        config: Any,
+        device: torch.device,
+        steps: int,
+        zero_stage: int,
+        micro_batch: int,
+        model: torch.nn.Module | None = None,
     ) -> None:
-        model, groups = _build(config, device)
+        model, groups = _build(config, device, model)
         stage = config.stages[STAGE]
         self.strategy = DeepSpeedStrategy(
             zero_stage=zero_stage,
