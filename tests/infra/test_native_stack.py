@@ -5,18 +5,22 @@ authentication (``ray-node.sh head``), MLflow with basic auth on PostgreSQL with
 would after ``infra/README.md``'s tunnel.
 
 The nodes bring the credentials (the head's environment holds the MLflow account and the S3 keys); the job
-carries none. Afterwards its runs, metrics and artifacts are in MLflow (the artifacts as objects in the bucket),
-and a request without the Ray token or without the MLflow password is refused.
+carries none: the client holds them too, and its job's runtime environment, as the cluster's Jobs API shows it,
+holds none of their values. Afterwards its runs, metrics and artifacts are in MLflow (the artifacts as objects in
+the bucket), ``status`` reads the finished job back, and a request without the Ray token or without the MLflow
+password is refused.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
 
 from vlsa_platform import cli
+from vlsa_platform.orchestration.jobs_api import connect
 from vlsa_platform.orchestration.ledger import find
 from vlsa_platform.tracking import names
 
@@ -54,8 +58,17 @@ def test_a_submission_through_address_lands_in_the_deployed_mlflow_and_s3(
     for item in [*FAST, f"tracking.tracking_uri={mlflow.url}", f"storage.path=s3://{s3.bucket}/runs"]:
         args += ["--set", item]
     assert cli.main(args) == 0, capsys.readouterr()
+    assert "parent run" in capsys.readouterr().out
     record = find(workdir)
+    assert record.address == head.address and record.job_id
     assert record.state == "FINISHED"
+    shipped = json.dumps(connect(record.address).get_job_info(record.job_id).runtime_env)
+    assert "env_vars" in shipped  # the environment is there to be read…
+    secrets = {**mlflow.client_env(), **s3.env()}
+    leaked = [key for key in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY") if secrets[key] in shipped]
+    assert not leaked  # …and holds no credential of the client's
+    assert cli.main(["status", record.id, "--workdir", str(workdir)]) == 0
+    assert "state     FINISHED" in capsys.readouterr().out
 
     from mlflow import MlflowClient
 
@@ -66,6 +79,7 @@ def test_a_submission_through_address_lands_in_the_deployed_mlflow_and_s3(
     children = [r for r in runs if names.TAG_PARENT_RUN in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert children[0].data.tags[names.TAG_PARENT_RUN] == parents[0].info.run_id
     for key in (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC, names.VAL_LOSS_LLM):
         assert key in children[0].data.metrics
     artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id, "config")}

@@ -1,8 +1,12 @@
 """Two racing runs sharing a stage prefix, on a real local Ray with Ray Train and DeepSpeed: the tiny paper recipe
-twice, differing only in stage 3's reconstruction weight, started at the same time under one run storage (a
-local folder, then S3). Stages 1 and 2 are trained once: one run trains and publishes them, the other waits and
-adopts them (its markers point at the trainer's checkpoints, its MLflow run links to the trainer's and carries
-the copied steps) and trains only its own stage 3. About 2-3 minutes per storage on 2 cores."""
+twice, differing only in stage 3's reconstruction weight, started at the same time under one run storage on S3.
+Stages 1 and 2 are trained once: one run trains and publishes them, the other waits and adopts them (its markers
+point at the trainer's checkpoints, its MLflow run links to the trainer's and carries the copied steps) and trains
+only its own stage 3. About 2 minutes on 2 cores.
+
+S3 only: its conditional writes are the harder of the two claim mechanisms; the local-folder claims race in
+``test_prefixes.py`` (both storages, no Ray), and trials adopting prefixes from a local folder run in every
+submitted sweep (``test_submit_ray.py``)."""
 
 from __future__ import annotations
 
@@ -56,11 +60,10 @@ def _race(root: str, work: Path):
         return list(pool.map(train, [("a", 0.0), ("b", 1.0)])), store
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
-def test_two_racing_runs_train_their_shared_prefix_once(cluster, tmp_path, kind):
+def test_two_racing_runs_train_their_shared_prefix_once(cluster, tmp_path):
     from mlflow import MlflowClient
 
-    root = str(tmp_path / "runs") if kind == "local" else f"s3://{cluster.bucket}/prefix-race-{tmp_path.name}"
+    root = f"s3://{cluster.bucket}/prefix-race-{tmp_path.name}"
     (a, b), store = _race(root, tmp_path)
     trainer, adopter = (a, b) if a.stages[0].shared_from is None else (b, a)
     for index in (0, 1):
