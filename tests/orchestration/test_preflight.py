@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,6 +163,52 @@ def test_refused_tracking_credentials_say_so(refusing_server):
         f"tracking.tracking_uri {refusing_server}: credentials refused (UNAUTHENTICATED)"
     )
     assert "MLFLOW_TRACKING_PASSWORD" in message and "\n" not in message
+
+
+class _Slow(http.server.BaseHTTPRequestHandler):
+    """``/health`` answers at once; the API answers an empty search after ``delay_s`` (a cold server's first
+    authenticated request)."""
+
+    delay_s = 0.0
+
+    def _answer(self) -> None:
+        if self.path.split("?")[0] != "/health":
+            time.sleep(self.delay_s)
+        body = b"OK" if self.path.split("?")[0] == "/health" else b'{"experiments": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_live_server_slower_than_the_per_request_timeout_passes_once_it_answers(monkeypatch):
+    """The first API call waits ``SEARCH_TIMEOUT_S``, not the clients' per-request timeout (here 1 s and 1.5 s
+    instead of 5 s and 30 s); the per-request timeout is as before afterwards."""
+    from vlsa_platform.orchestration import preflight
+    from vlsa_platform.tracking import client
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.setitem(client.HTTP_ENV_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setattr(_Slow, "delay_s", 1.5)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setattr(preflight, "SEARCH_TIMEOUT_S", 5.0)
+        check_tracking(uri)
+        assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") in (None, "1")
+        monkeypatch.setattr(preflight, "SEARCH_TIMEOUT_S", 1.0)  # the same server, the old wait: refused
+        with pytest.raises(PreflightError, match="searching experiments failed"):
+            check_tracking(uri)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,9 @@
   two tries).
 - The tracking server, when the tracking URI is ``http(s)://``: ``GET /health`` must answer, then an
   authenticated call (searching experiments, one result) must be accepted, so a wrong password shows as such.
+  A server that answered ``/health`` is alive: its first API call gets :data:`SEARCH_TIMEOUT_S` (a cold
+  server's first authenticated request hashes the password and imports its handlers: seconds on a busy node),
+  not the 5 s the platform's MLflow clients wait per request otherwise.
 
 A failure is a :class:`PreflightError` whose message is one line naming the location and the reason; the CLI
 prints it and exits with :data:`~vlsa_platform.exits.EXIT_PREFLIGHT`. A cluster submission's trials use the
@@ -18,6 +21,7 @@ import contextlib
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import storage
@@ -33,6 +37,9 @@ S3_MAX_ATTEMPTS = 2
 """Tries per S3 request (``$AWS_MAX_ATTEMPTS`` wins when set)."""
 HTTP_TIMEOUT_S = 5.0
 """Seconds to wait for the tracking server's ``/health``."""
+SEARCH_TIMEOUT_S = 30.0
+"""Seconds to wait for the authenticated call once ``/health`` answered (``$MLFLOW_HTTP_REQUEST_TIMEOUT`` wins
+when set)."""
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 
@@ -131,6 +138,27 @@ def _verify() -> bool | str:
     return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
 
 
+@contextlib.contextmanager
+def _request_timeout(seconds: float) -> Iterator[None]:
+    """MLflow's per-request timeout (read at each request) set to ``seconds`` inside, unless the user set one
+    (a value other than the platform's default, :data:`~vlsa_platform.tracking.client.HTTP_ENV_DEFAULTS`)."""
+    from ..tracking.client import HTTP_ENV_DEFAULTS
+
+    key = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+    previous = os.environ.get(key)
+    if previous not in (None, HTTP_ENV_DEFAULTS[key]):
+        yield
+        return
+    os.environ[key] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
 def check_tracking(
     uri: str | None, name: str = "tracking.tracking_uri", *, require_auth: bool = True
 ) -> None:
@@ -156,7 +184,8 @@ def check_tracking(
     from ..tracking.client import mlflow_client
 
     try:
-        mlflow_client(uri).search_experiments(max_results=1)
+        with _request_timeout(SEARCH_TIMEOUT_S):
+            mlflow_client(uri).search_experiments(max_results=1)
     except MlflowException as err:
         code = getattr(err, "error_code", "")
         if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") and not require_auth:
