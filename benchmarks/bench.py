@@ -324,6 +324,12 @@ GPU_FIGURES: list[Figure] = [
         "<= 1.05",
         "x",
     ),
+    Figure(
+        "platform step / plain PyTorch step, GPU bf16 ZeRO-0 (tiny model)",
+        _get("overhead_tiny_ratio"),
+        "<= 1.1",
+        "x",
+    ),
 ]
 
 

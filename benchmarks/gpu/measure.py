@@ -226,7 +226,8 @@ def measure_overhead(settings: Settings, end: float) -> dict[str, Any]:
     import train_overhead
 
     dev = device()
-    train_overhead._process_group(dev.type == "cuda")
+    if not torch.distributed.is_initialized():  # one group for both overhead parts (DeepSpeed keeps it)
+        train_overhead._process_group(dev.type == "cuda")
     config = experiment("sa_perceiver", settings.tiny, settings.checkpointing)
     vlsa = model_config(config, settings.overhead_dims)
     micro, _ = _micro_and_accum(config.stages[STAGE].placement, settings)
@@ -269,7 +270,6 @@ def measure_overhead(settings: Settings, end: float) -> dict[str, Any]:
     ours.strategy.release()
     del plain, ours, batch
     release()
-    torch.distributed.destroy_process_group()
     return result
 
 

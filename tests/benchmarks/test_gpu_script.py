@@ -79,6 +79,9 @@ def test_cpu_fallback_overhead_is_the_ratio_of_the_medians(tiny: dict[str, Any])
     ratio = statistics.median(over["platform_s_raw"]) / statistics.median(over["plain_s_raw"])
     assert tiny["overhead_ratio"] == over["ratio"] == pytest.approx(ratio, abs=1e-4)
     assert tiny["overhead_met"] == (over["ratio"] <= tiny["goal_overhead"])
+    small = tiny["overhead_tiny"]  # the tiny model's part: the same loops (on a CPU, the same model)
+    assert small["plain_s_raw"] and tiny["overhead_tiny_ratio"] == small["ratio"] and small["ratio"] > 0
+    assert tiny["goal_overhead_tiny"] == 1.1 and tiny["overhead_tiny_met"] == (small["ratio"] <= 1.1)
 
 
 def test_run_sh_is_valid_bash() -> None:
@@ -122,6 +125,7 @@ def _gpu_result(mfu: float, ratio: float, tiny: bool = False) -> dict[str, Any]:
         "modes": {"sa_perceiver": mode, "anyres": {**mode, "mfu": mfu / 2}},
         "vlsa_mfu": mfu,
         "overhead_ratio": ratio,
+        "overhead_tiny_ratio": 1.12,
         "errors": {},
     }
 
@@ -142,4 +146,6 @@ def test_bench_rows_say_no_gpu_without_a_result_and_show_one_when_committed(tmp_
     assert "0.400" in mfu and ">= 0.45" in mfu and "**missed**" in mfu and "NVIDIA H100" in mfu
     overhead = next(row for name, row in by_name.items() if name.startswith("platform step"))
     assert "1.02 x" in overhead and "<= 1.05" in overhead and "| met |" in overhead
+    small = by_name["platform step / plain PyTorch step, GPU bf16 ZeRO-0 (tiny model)"]
+    assert "1.12 x" in small and "<= 1.1" in small and "**missed**" in small
     assert not any(bench.NO_GPU in row for row in rows)
