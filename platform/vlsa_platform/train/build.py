@@ -24,6 +24,7 @@ from ..model.configuration_vlsa import VLSAConfig
 from ..model.lora import LoraSettings, apply_lora
 from ..model.materialize import assign_state, compare_state, empty_model, target_dtypes
 from ..model.modeling_vlsa import VLSAForConditionalGeneration
+from ..model.parts import part_of
 
 #: File names of an exported model (``export_dir``): the weights, and the run's model config beside them.
 WEIGHTS_FILE = "model.safetensors"
@@ -86,7 +87,10 @@ def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VL
     """The model a stage starts from, in float32 on the CPU (the DeepSpeed strategy moves and casts it).
 
     ``init_from``: an exported model folder (local or ``s3://``, :func:`export_dir`) of the previous stage,
-    loaded into a model built on ``meta`` (:func:`load_exported_model`); ``None``: the initial weights (the
+    loaded into a model built on ``meta`` (:func:`load_exported_model`) — but the VAE, never trained, from its
+    source when the export holds it rounded to 16 bits (a bf16 stage's export): the frozen-target cache keys
+    latents by the VAE's float32 weights (``data.targets.fingerprint``), as the submission's fill and the
+    first stage hold them, so every stage's entries match the fill's; ``None``: the initial weights (the
     ``tiny`` preset's from ``seed``, or with ``model.tiny_weights: pretrained`` its LLM, vision encoder and VAE
     from :func:`.tiny_pretrain.tiny_sources`, built on first use; the ``paper`` preset's from ``model.weights``
     or the published checkpoints). LoRA adapters, when on, are added in every stage so exports of all stages
@@ -96,7 +100,10 @@ def build_model(config: ExperimentConfig, *, init_from: str | None = None) -> VL
     lora = lora_settings_for(config)
     torch.manual_seed(config.seed)  # new modules (and all tiny weights) are the same in every worker
     if init_from is not None:
-        return load_exported_model(vlsa, init_from, lora)
+        model = empty_model(vlsa, lora)
+        stored = load_exported(model, init_from)
+        _vae_from_source(config, model, stored)
+        return model
     if config.model.preset == "tiny" and config.model.tiny_weights == "pretrained":
         from ..model.pretrained import build_from_pretrained
         from .tiny_pretrain import tiny_sources
@@ -134,11 +141,12 @@ def load_exported_model(
     return model
 
 
-def load_exported(model: torch.nn.Module, location: str) -> None:
+def load_exported(model: torch.nn.Module, location: str) -> dict[str, str]:
     """Put an exported model's weights into ``model`` (built on ``meta`` or not; every key must match: same
     variant and LoRA). The tensors are read one by one (``pread``, no memory map) and cast to the model's
-    dtypes; they become the model's tensors (no second copy). Raises ``ValueError`` when the export does not
-    fit, before anything is read."""
+    dtypes; they become the model's tensors (no second copy). Returns each tensor's dtype in the export
+    (safetensors' names: ``F32``, ``BF16``...). Raises ``ValueError`` when the export does not fit, before
+    anything is read."""
     from safetensors import safe_open
 
     local = Path(storage.materialize(location)) if storage.is_s3(location) else Path(location)
@@ -150,8 +158,23 @@ def load_exported(model: torch.nn.Module, location: str) -> None:
                 "trained with other model switches or LoRA?"
             )
         dtypes = target_dtypes(model)
+        stored = {key: f.get_slice(key).get_dtype() for key in f.offset_keys()}
         state = {key: f.get_tensor(key).to(dtypes[key]) for key in f.offset_keys()}
     assign_state(model, state)
+    return stored
+
+
+def _vae_from_source(config: ExperimentConfig, model: torch.nn.Module, stored: dict[str, str]) -> None:
+    """The model's VAE set to its source's float32 weights when the export rounded them to 16 bits
+    (:func:`build_model`)."""
+    recon = getattr(model, "reconstruction", None)
+    if recon is None or not any(part_of(k) == "vae" and d in ("BF16", "F16") for k, d in stored.items()):
+        return
+    from .frozen_targets import frozen_vae
+
+    with torch.random.fork_rng(devices=[]):  # the tiny preset's VAE is drawn again from the seed
+        source = frozen_vae(config)
+    recon.vae.load_state_dict(source.state_dict(), strict=True)
 
 
 def write_export(
