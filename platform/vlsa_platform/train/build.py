@@ -170,11 +170,27 @@ def _vae_from_source(config: ExperimentConfig, model: torch.nn.Module, stored: d
     recon = getattr(model, "reconstruction", None)
     if recon is None or not any(part_of(k) == "vae" and d in ("BF16", "F16") for k, d in stored.items()):
         return
-    from .frozen_targets import frozen_vae
-
     with torch.random.fork_rng(devices=[]):  # the tiny preset's VAE is drawn again from the seed
-        source = frozen_vae(config)
+        source = source_vae(config)
     recon.vae.load_state_dict(source.state_dict(), strict=True)
+
+
+def source_vae(config: ExperimentConfig) -> torch.nn.Module:
+    """The frozen VAE a stage's model holds, from its source, in float32 on the CPU (what the frozen-target
+    fill and cache keys use). ``tiny``: taken from the model :func:`build_model` makes (pretrained or drawn
+    from the seed, as ``model.tiny_weights`` says); ``paper``: ``model.weights.vae`` (or the published VAE)
+    through the loader the model uses."""
+    if config.model.preset == "tiny":
+        recon = build_model(config).reconstruction
+        if recon is None:
+            raise ValueError("this model has no reconstruction branch, so no VAE")
+        return recon.vae
+    from ..model.presets import PAPER_SOURCES
+    from ..model.pretrained import load_submodel
+    from .weights import resolve_source
+
+    source = config.model.weights.vae or ":".join(x for x in PAPER_SOURCES["vae"] if x)
+    return load_submodel("vae", resolve_source(source), vlsa_config_for(config), torch.float32)
 
 
 def write_export(
@@ -200,6 +216,7 @@ __all__ = [
     "load_exported",
     "load_exported_model",
     "lora_settings_for",
+    "source_vae",
     "vlsa_config_for",
     "write_export",
 ]

@@ -22,7 +22,7 @@ import torch
 from ..config.schema import ExperimentConfig
 from ..data.cognition import VQ_RESOLUTION
 from ..data.targets import TARGET_KINDS, CachedTargets, FrozenTargets, build_frozen_targets, recon_transform
-from .build import build_model, vlsa_config_for
+from .build import source_vae, vlsa_config_for
 
 #: Metric (per target kind) of the images a stage's frozen encoders saw on all its ranks: VAE targets given as
 #: pixels (a latent not in the cache) and VQ grids computed (not in the cache). Logged once per stage, at its
@@ -55,23 +55,6 @@ def frozen_vq(config: ExperimentConfig) -> FrozenTargets:
     )
 
 
-def frozen_vae(config: ExperimentConfig) -> torch.nn.Module:
-    """The frozen VAE a stage's model holds, in float32 on the CPU. ``tiny``: taken from the model
-    :func:`.build.build_model` makes (pretrained or drawn from the seed, as ``model.tiny_weights`` says);
-    ``paper``: ``model.weights.vae`` (or the published VAE) through the loader the model uses."""
-    if config.model.preset == "tiny":
-        recon = build_model(config).reconstruction
-        if recon is None:
-            raise ValueError("this model has no reconstruction branch, so no VAE")
-        return recon.vae
-    from ..model.presets import PAPER_SOURCES
-    from ..model.pretrained import load_submodel
-    from .weights import resolve_source
-
-    source = config.model.weights.vae or ":".join(x for x in PAPER_SOURCES["vae"] if x)
-    return load_submodel("vae", resolve_source(source), vlsa_config_for(config), torch.float32)
-
-
 def frozen_targets_for(
     config: ExperimentConfig | Mapping[str, Any], kinds: Iterable[str] = TARGET_KINDS, device: str = "cpu"
 ) -> FrozenTargets:
@@ -83,7 +66,7 @@ def frozen_targets_for(
     kinds = tuple(kinds)
     vlsa = vlsa_config_for(config)
     vq = frozen_vq(config).vq_model if "vq" in kinds else None
-    vae = frozen_vae(config) if "vae" in kinds else None
+    vae = source_vae(config) if "vae" in kinds else None
     targets = FrozenTargets(
         vq,
         vae,
@@ -126,7 +109,6 @@ __all__ = [
     "asks_vq",
     "encoder_calls",
     "frozen_targets_for",
-    "frozen_vae",
     "frozen_vq",
     "latent_targets",
     "target_kinds",
