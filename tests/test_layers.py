@@ -3,7 +3,9 @@
 - ``model/``, ``data/`` and ``eval/`` know nothing of Ray, DeepSpeed or MLflow (statically, and when every
   module of theirs is imported).
 - Inside the package every import points down the layers or sideways within one, never up:
-  cli -> orchestration -> train -> tracking/eval -> cluster/data -> config/model/storage/exits/redact.
+  cli -> orchestration/lmms -> train -> tracking/eval -> cluster/data -> config/model/storage/exits/redact.
+- lmms-eval (its own environment, ``make install-eval``) is imported only by ``lmms/``'s lmms-eval model and
+  registration, so the rest of ``lmms/`` runs where lmms-eval is not installed.
 - No circle of imports between the package's modules, counting imports inside functions and under
   ``TYPE_CHECKING`` (a function-level import that dodges a circle is still a circle).
 """
@@ -27,6 +29,7 @@ PURE_LAYERS = ("model", "data", "eval")
 LAYERS: dict[str, int] = {
     "cli": 6,
     "orchestration": 5,
+    "lmms": 5,
     "train": 4,
     "tracking": 3,
     "eval": 3,
@@ -122,6 +125,15 @@ def test_importing_the_pure_layers_loads_no_infrastructure(layers):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+#: The only modules that import lmms-eval (the evaluation environment's package).
+LMMS_EVAL_IMPORTERS = {"vlsa_platform.lmms.model", "vlsa_platform.lmms.manifest"}
+
+
+def test_only_the_lmms_eval_model_imports_lmms_eval():
+    importers = {name for name, path in _modules().items() if "lmms_eval" in _imports(path)}
+    assert importers == LMMS_EVAL_IMPORTERS
 
 
 def test_every_room_has_a_layer():
