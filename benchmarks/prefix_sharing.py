@@ -15,7 +15,7 @@ Goal: for every stage, the stages trained equal the distinct prefixes (each trai
 series is complete. ``--no-sharing`` runs the same sweep with ``storage.share_prefixes=false`` for the wall
 time without sharing.
 
-    .venv/bin/python benchmarks/prefix_sharing.py [--steps 2,2,4] [--concurrent 2] [--no-sharing]
+    .venv/bin/python benchmarks/prefix_sharing.py [--steps 2,2,4] [--concurrent 2] [--no-sharing] [--set K=V ...]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def _settings(args: argparse.Namespace, stages: list[str]) -> list[str]:
         "tracking.recon_every=null",
         "tracking.log_every=1",
         f"storage.share_prefixes={'false' if args.no_sharing else 'true'}",
+        *args.sets,
     ]
 
 
@@ -66,6 +67,14 @@ def main() -> None:
     )
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once")
     parser.add_argument("--no-sharing", action="store_true", help="storage.share_prefixes=false")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another override, as `submit --set` takes it (e.g. a smaller grid)",
+    )
     args = parser.parse_args()
 
     from mlflow import MlflowClient
