@@ -4,8 +4,9 @@
   module of theirs is imported).
 - Inside the package every import points down the layers or sideways within one, never up:
   cli -> orchestration/lmms -> train -> tracking/eval -> cluster/data -> config/model/storage/exits/redact.
-- lmms-eval (its own environment, ``make install-eval``) is imported only by ``lmms/``'s lmms-eval model and
-  registration, so the rest of ``lmms/`` runs where lmms-eval is not installed.
+- lmms-eval (its own environment, ``make install-eval``) is imported only by ``lmms/``'s lmms-eval model, its
+  registration and the evaluation entry point run there (``lmms.run``), so the rest of ``lmms/`` runs where
+  lmms-eval is not installed.
 - No circle of imports between the package's modules, counting imports inside functions and under
   ``TYPE_CHECKING`` (a function-level import that dodges a circle is still a circle).
 """
@@ -128,7 +129,7 @@ def test_importing_the_pure_layers_loads_no_infrastructure(layers):
 
 
 #: The only modules that import lmms-eval (the evaluation environment's package).
-LMMS_EVAL_IMPORTERS = {"vlsa_platform.lmms.model", "vlsa_platform.lmms.manifest"}
+LMMS_EVAL_IMPORTERS = {"vlsa_platform.lmms.model", "vlsa_platform.lmms.manifest", "vlsa_platform.lmms.run"}
 
 
 def test_only_the_lmms_eval_model_imports_lmms_eval():

@@ -43,7 +43,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,15 @@ from ..config.schema import ExperimentConfig
 from ..tracking import names
 from ..tracking.store import TrackingStore
 from ..tracking.tracker import Tracker, git_commit
-from ..train.spec import EXPORT_DIR, PROGRESS_FILE, DivergedError, StageSpec
+from ..train.spec import PROGRESS_FILE, DivergedError, StageSpec
 from . import divergence
 from .plan import PlannedRun, plan_run, stage_placements
 from .prefixes import SharedPrefixes, publish
 from .run_checkpoints import CheckpointWriter, remove_unreported_checkpoints
 from .rungs import RUNG_CLOCK, RungClock
+from .stage_markers import StageOutcome
+from .stage_markers import complete_marker as _complete_marker
+from .stage_markers import read_marker as _read_marker
 
 log = logging.getLogger(__name__)
 
@@ -99,35 +102,6 @@ def claim_run_dir(directory: str, config: ExperimentConfig) -> dict[str, Any]:
 def run_dir(storage_root: str, experiment: str, run_name: str) -> str:
     """Where a run keeps its checkpoints (``<storage>/<experiment>/<run name>``)."""
     return storage.join(storage_root, names.path_part(experiment), names.path_part(run_name))
-
-
-def _complete_marker(directory: str, stage: str) -> str:
-    return storage.join(directory, f"{stage}.complete.json")
-
-
-def _read_marker(directory: str, stage: str) -> StageOutcome:
-    return StageOutcome(**json.loads(storage.read_text(_complete_marker(directory, stage))))
-
-
-@dataclass
-class StageOutcome:
-    """How a stage ended (the content of ``<stage>.complete.json``)."""
-
-    stage: str
-    checkpoint: str
-    """Its final checkpoint (local folder or ``s3://``); the exported model is in ``<checkpoint>/model``."""
-    global_step: int
-    stage_steps: int
-    gpu_hours: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    """The last metrics rank 0 reported."""
-    shared_from: dict[str, Any] | None = None
-    """When this run adopted the stage instead of training it (a shared prefix, :mod:`.prefixes`): the run that
-    trained it (``run``: its ``name``, ``directory``, ``run_id``) and the prefix folder (``prefix``)."""
-
-    @property
-    def model(self) -> str:
-        return storage.join(self.checkpoint, EXPORT_DIR)
 
 
 @dataclass

@@ -55,6 +55,16 @@ against the validation image, averaged over images; NaN without ``recon``."""
 COST_GPU_HOURS = "cost/gpu_hours"
 """Device-hours used so far (``vlsa_platform.cluster.gpu_hours``; 0 on CPU workers)."""
 
+EVAL_PREFIX = "eval/"
+"""Benchmark scores from lmms-eval (``vlsa-platform evaluate``): ``eval/<task>/<metric>`` (:func:`eval_metric`)."""
+
+
+def eval_metric(score: str) -> str:
+    """Metric key of an evaluation score named ``<task>/<metric>`` (``vlsa_platform.lmms.results``):
+    ``eval/vlsa_synthetic_vqa/exact_match``."""
+    return clean_key(EVAL_PREFIX + score)
+
+
 # Every fixed metric key, in DESIGN §4's order (skipped-sample counts, :func:`skipped_metric`, come on top).
 # The experiment schema owns the tuple (a sweep's ``metric`` must be one of them); the names above spell it.
 METRICS = _SCHEMA_METRICS
@@ -79,6 +89,16 @@ TAG_RUN_NAME = "mlflow.runName"
 TAG_FAILURE = "vlsa.failure"
 """Why the run's training stopped (set by the worker before it raises, e.g. a stage that diverged: its stage,
 step and count of non-finite micro-batches in a row; ``training.on_nonfinite``)."""
+
+
+def eval_status_tag(task: str) -> str:
+    """Tag of an evaluated task's status (``finished`` or ``failed``): ``vlsa.eval.<task>.status``."""
+    return clean_key(f"vlsa.eval.{path_part(task)}.status")
+
+
+def eval_error_tag(task: str) -> str:
+    """Tag of a failed task's error, one line (its traceback is an artifact): ``vlsa.eval.<task>.error``."""
+    return clean_key(f"vlsa.eval.{path_part(task)}.error")
 
 
 def shared_stage_tags(stage: str, run_id: str | None, run_name: str, prefix: str) -> dict[str, str]:
@@ -126,6 +146,14 @@ ARTIFACT_RESOLVED_CONFIG = "config/resolved.yaml"
 """The resolved experiment config (``ExperimentConfig.resolved()``) as YAML."""
 DEEPSPEED_DIR = "deepspeed"
 RECON_DIR = "recon"
+EVAL_DIR = "eval"
+"""Artifact folder of an evaluation's output (``results.json``, lmms-eval's raw results, failed tasks'
+tracebacks): ``eval/<stage>/`` for an export of a named stage (:func:`eval_artifact_dir`)."""
+
+
+def eval_artifact_dir(stage: str | None = None) -> str:
+    """``eval/<stage>`` (``eval`` when the export names no stage)."""
+    return EVAL_DIR if not stage else f"{EVAL_DIR}/{path_part(stage)}"
 
 
 def deepspeed_artifact(stage: str) -> str:
@@ -232,6 +260,8 @@ __all__ = [
     "COST_GPU_HOURS",
     "DEEPSPEED_DIR",
     "ESTIMATE_GPU_HOURS",
+    "EVAL_DIR",
+    "EVAL_PREFIX",
     "LOSS_LLM",
     "LOSS_PX",
     "LOSS_REC",
@@ -264,6 +294,10 @@ __all__ = [
     "deepspeed_artifact",
     "estimate_params",
     "estimated_gpu_hours",
+    "eval_artifact_dir",
+    "eval_error_tag",
+    "eval_metric",
+    "eval_status_tag",
     "flatten_params",
     "param_value",
     "path_part",
