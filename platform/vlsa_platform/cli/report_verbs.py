@@ -31,7 +31,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                 f"${TRACKING_URI_ENV}"
             )
         store = resolve_store(args.tracking_uri, workdir)
-        report = collect(args.experiment, store, args.parent, metric=args.metric, mode=args.mode)
+        report = collect(
+            args.experiment, store, args.parent, metric=args.metric, mode=args.mode, baseline=args.baseline
+        )
         out = Path(args.out) if args.out else Path("reports") / names.path_part(args.experiment)
         written = write_report(report, out)
     except (ReportError, OSError) as err:
@@ -46,7 +48,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_verb(verbs: Any) -> None:
     """``report EXPERIMENT [--tracking-uri URI] [--workdir DIR] [--parent RUN_ID] [--out DIR] [--metric KEY]
-    [--mode min|max]``."""
+    [--mode min|max] [--baseline NAME]``."""
     report = verbs.add_parser(
         "report",
         help="compare the child runs (variants or trials) of an experiment: table and plots from MLflow",
@@ -54,7 +56,9 @@ def add_verb(verbs: Any) -> None:
         "parent run that has children) and compare them: varied params, the value at the last step of every "
         "metric, the best child or the tie. Prints the Markdown table; writes report.md, report.html, "
         "curves_<metric>.png for each validation metric the runs logged (stage starts marked) and "
-        "objective_vs_<param>.png for each varied numeric param. Exit 2 with a message for an unknown "
+        "objective_vs_<param>.png for each varied numeric param. When the children logged benchmark scores "
+        "(eval/<task>/<metric>), a Table-3 table follows: one row per variant or trial, one column per benchmark "
+        "grouped by ability, each score with its difference from the baseline row. Exit 2 with a message for an unknown "
         "experiment or run, or a parent run without children.",
     )
     report.add_argument(
@@ -96,6 +100,13 @@ def add_verb(verbs: Any) -> None:
         metavar="min|max",
         help="whether lower or higher --metric is better (default: the parent's sweep.mode when the metric is "
         "its sweep.metric, else min)",
+    )
+    report.add_argument(
+        "--baseline",
+        default=None,
+        metavar="NAME",
+        help="row the benchmark table's deltas are taken against: a variant key or label, a trial id, a run "
+        "name or id (default: an ablation's first variant in its file, else the first child)",
     )
     report.set_defaults(func=cmd_report)
 

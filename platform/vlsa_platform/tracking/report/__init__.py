@@ -11,11 +11,15 @@ ties, never starred (:mod:`.verdict`). :func:`render_markdown`, :func:`render_ht
 :func:`write_report` turn it into tables (each child's metric from its first to its last validation) and PNG
 plots (validation curves per metric with the stages marked, the metric against each swept value);
 ``loss/total``, a weighted sum whose weights may be what is swept, is in neither (unless it is the metric).
+When the children logged benchmark scores (``eval/<task>/<metric>``), a Table-3 table follows the runs: one
+row per variant or trial, one column per benchmark grouped by ability, deltas against a baseline row.
 
 - :mod:`.comparison`: the :class:`Report`, :class:`ChildRun`, :class:`Series` and :class:`Setting` dataclasses;
 - :mod:`.verdict`: the best-or-tied rule (shared with a submission's terminal summary);
 - :mod:`.queries`: :func:`collect`, the MLflow reads;
 - :mod:`.render`: Markdown and HTML;
+- :mod:`.benchmarks`: which ``eval/`` score is which column, under which ability (the paper's §4.3);
+- :mod:`.score_table`: the Table-3 table (rows, cells, deltas against the baseline, its HTML);
 - :mod:`.plots`: the PNG plots (matplotlib, imported on first use).
 
 Only reads MLflow.
@@ -26,10 +30,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .benchmarks import ABILITIES, BENCHMARKS, Benchmark
 from .comparison import ChildRun, Report, ReportError, Series, Setting
 from .plots import curve_plot_name, objective_plot_name, plot
 from .queries import CURVE_KEYS, DEFAULT_METRIC, DEFAULT_MODE, HISTORY_KEYS, collect, first_values
-from .render import render_html, render_markdown
+from .render import SCORES_HEADING, render_html, render_markdown
+from .score_table import MISSING, ScoreTable, score_table
 from .verdict import (
     BEST_MARK,
     TIE_MARK,
@@ -58,18 +64,24 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> dict[str, P
 
 
 __all__ = [
+    "ABILITIES",
+    "BENCHMARKS",
     "BEST_MARK",
     "CURVE_KEYS",
     "DEFAULT_METRIC",
     "DEFAULT_MODE",
     "HISTORY_KEYS",
+    "MISSING",
     "REPORT_HTML",
     "REPORT_MD",
+    "SCORES_HEADING",
     "TIE_MARK",
+    "Benchmark",
     "ChildRun",
     "Report",
     "ReportError",
     "Score",
+    "ScoreTable",
     "Series",
     "Setting",
     "Verdict",
@@ -83,6 +95,7 @@ __all__ = [
     "plot",
     "render_html",
     "render_markdown",
+    "score_table",
     "verdict_line",
     "write_report",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...config.sweep_section import SEED_KEY
 from .. import names
@@ -64,6 +64,9 @@ class ChildRun:
     estimated_gpu_hours: float | None = None
     """The plan's estimate of the run's device-hours, from its parent run's params
     (``names.estimated_gpu_hours``), to set beside the measured ``cost/gpu_hours``; ``None`` without one."""
+    evals: Mapping[str, float] = field(default_factory=dict)
+    """Value at the last logged step of every benchmark score the run logged, ``eval/<task>/<metric>``
+    (lmms-eval's; :mod:`.benchmarks`), for the Table-3 table (:mod:`.score_table`)."""
 
     def value(self, key: str) -> float | None:
         """The final value of ``key`` when it is a finite number, else ``None``."""
@@ -141,6 +144,13 @@ class Report:
     best_run_id: str | None
     """The starred child: the best by :attr:`metric`/:attr:`mode` when no other child ties with it and the
     report does not group seed repeats (:attr:`repeated`; the star then goes to a setting); else ``None``."""
+    variants: tuple[tuple[str, str], ...] = ()
+    """``(variant key, label)`` of an ablation's variants in the experiment file's order (the parent run's
+    ``config/resolved.yaml``; the label is the variant's ``label``, else its key); empty for a sweep or when the
+    parent has no readable config. Orders the Table-3 table's rows and picks its baseline (:mod:`.score_table`)."""
+    baseline: str | None = None
+    """The row the Table-3 table's deltas are taken against, as the caller named it (``report --baseline``):
+    a variant key or label, a trial id, a run name or id; ``None``: the table's default (:mod:`.score_table`)."""
 
     @property
     def best(self) -> ChildRun | None:

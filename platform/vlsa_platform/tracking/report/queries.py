@@ -3,23 +3,32 @@
 :func:`collect` finds the experiment and the parent run (the most recent one with children unless named),
 reads each child's tags, params, final metric values and the history of the :data:`HISTORY_KEYS` (and of the
 report's metric), and stars the best child (unless another ties with it, :mod:`.verdict`) by a metric (the
-caller's, else the parent run's ``sweep.metric``/``sweep.mode``, else ``val/loss_llm``/``min``).
+caller's, else the parent run's ``sweep.metric``/``sweep.mode``, else ``val/loss_llm``/``min``); every
+``eval/`` benchmark score at its last step, and an ablation's variants in its file's order (the parent's
+``config/resolved.yaml``), for the Table-3 table.
 :func:`first_values` gives a submission's summary each trial's first value of its metric. Only reads MLflow,
 through :func:`~vlsa_platform.tracking.client.mlflow_client`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .. import names
 from ..client import mlflow_client, tracking_uri
 from ..store import TrackingStore
+from .benchmarks import EVAL_PREFIX
 from .comparison import MODES, ChildRun, Mode, Report, ReportError, Series
+from .score_table import find_row
 
 DEFAULT_METRIC = names.VAL_LOSS_LLM
 """The metric the best child is chosen by when neither the caller nor the parent run names one."""
@@ -50,6 +59,7 @@ def collect(
     *,
     metric: str | None = None,
     mode: Mode | None = None,
+    baseline: str | None = None,
 ) -> Report:
     """Read the child runs of one parent run of ``experiment`` from MLflow.
 
@@ -61,10 +71,13 @@ def collect(
             ``val/loss_llm``.
         mode: ``min`` or ``max``; default the parent's ``sweep.mode`` when the metric is the parent's
             ``sweep.metric``, else ``min``.
+        baseline: the row the Table-3 table's deltas are taken against (:func:`~.score_table.find_row`);
+            default an ablation's first variant, else the first child.
 
     Raises:
         ReportError: unknown experiment (the message lists the known ones), unknown parent run, no child
-            runs, a local store file that does not exist, or MLflow failing to answer.
+            runs, a ``baseline`` that names no child, a local store file that does not exist, or MLflow
+            failing to answer.
     """
     if mode is not None and mode not in MODES:
         raise ReportError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -75,9 +88,13 @@ def collect(
     try:
         client = mlflow_client(store)
         where = uri or _default_uri()
-        return _collect(client, where, experiment, parent_run_id, metric, mode)
+        report = _collect(client, where, experiment, parent_run_id, metric, mode)
     except MlflowException as err:
         raise ReportError(f"MLflow at {uri or _default_uri()}: {_first_line(err)}") from err
+    if baseline is not None:
+        report = dataclasses.replace(report, baseline=baseline)
+        find_row(report, baseline)  # raises for a name no child answers to
+    return report
 
 
 def _collect(
@@ -137,8 +154,49 @@ def _collect(
         children=children,
         varied_params=varied,
         best_run_id=None,
+        variants=_variants(client, parent_id)
+        if any(c.label_tag == names.TAG_VARIANT for c in children)
+        else (),
     )
     return dataclasses.replace(report, best_run_id=report.starred_run_id())
+
+
+def _variants(client: Any, parent_id: str) -> tuple[tuple[str, str], ...]:
+    """``(key, label)`` of the ablation's variants in the experiment file's order, from the parent run's
+    ``config/resolved.yaml`` (params lose the order); ``()`` when it is missing or holds no ablation: the
+    Table-3 table then keeps the start order and takes its first row as the baseline."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="vlsa-report-") as tmp, _no_progress_bar():
+        try:
+            path = client.download_artifacts(parent_id, names.ARTIFACT_RESOLVED_CONFIG, tmp)
+            resolved = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (MlflowException, OSError, yaml.YAMLError):
+            return ()
+    ablation = resolved.get("ablation") if isinstance(resolved, dict) else None
+    variants = ablation.get("variants") if isinstance(ablation, dict) else None
+    if not isinstance(variants, dict):
+        return ()
+    return tuple(
+        (str(key), str(spec.get("label") or key) if isinstance(spec, dict) else str(key))
+        for key, spec in variants.items()
+    )
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow's download progress bar off (it would print to stderr, around the report's own output)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as BAR
+
+    old = os.environ.get(BAR.name)
+    os.environ[BAR.name] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(BAR.name, None)
+        else:
+            os.environ[BAR.name] = old
 
 
 def _distinct_columns(keys: tuple[str, ...], children: tuple[ChildRun, ...]) -> tuple[str, ...]:
@@ -185,6 +243,7 @@ def _child(client: Any, run: Any, keys: Sequence[str], history_keys: Sequence[st
     tags = run.data.tags
     label_tag = next((t for t in (names.TAG_VARIANT, names.TAG_TRIAL_ID) if tags.get(t)), None)
     metrics = run.data.metrics
+    evals = {key: float(value) for key, value in metrics.items() if key.startswith(EVAL_PREFIX)}
     history = {}
     for key in history_keys:
         if key in metrics:
@@ -199,6 +258,7 @@ def _child(client: Any, run: Any, keys: Sequence[str], history_keys: Sequence[st
         params=dict(run.data.params),
         final={key: (float(metrics[key]) if key in metrics else None) for key in keys},
         history=history,
+        evals=evals,
     )
 
 

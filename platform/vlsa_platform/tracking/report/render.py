@@ -2,7 +2,8 @@
 (:func:`render_html`), one row per child run with its metric's change from its first to its last validation,
 the best one marked ★ (or every tied one marked ``tied``: never a star on a tie). When the children repeat
 settings over seeds (:attr:`~.comparison.Report.repeated`), a table of the settings comes first: each setting's
-mean ± sample standard deviation, its number of seeds and its mark."""
+mean ± sample standard deviation, its number of seeds and its mark. When the children logged benchmark scores
+(``eval/...``), the Table-3 table of :mod:`.score_table` follows the runs' table."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .. import names
 from .comparison import Report
+from .score_table import html_table, markdown_rows, notes, score_table
 from .verdict import (
     BEST_MARK,
     SPREAD_NAME,
@@ -25,6 +27,8 @@ from .verdict import (
 )
 
 _MAX_CELL = 60  # characters of a param value shown in a table cell
+SCORES_HEADING = "Benchmark scores (Table 3)"
+"""Heading of the Table-3 table (:mod:`.score_table`), present only when some child logged an ``eval/`` score."""
 ESTIMATE_HEADER = "gpu_hours estimated"
 """Column of the plan's estimated device-hours per run (:attr:`~.comparison.ChildRun.estimated_gpu_hours`),
 shown right after the measured ``cost/gpu_hours`` when the parent run logged one."""
@@ -145,8 +149,9 @@ def _md_table(
 
 def render_markdown(report: Report, images: Sequence[str | os.PathLike[str]] = ()) -> str:
     """The comparison as Markdown: a heading, the parent and the verdict (best or tie), with seed repeats
-    the table of settings, one table row per child (best row marked ★, tied rows ``tied``), then ``images``
-    as image links (paths as given, e.g. relative to the report file)."""
+    the table of settings, one table row per child (best row marked ★, tied rows ``tied``), the benchmark
+    scores' table when some child logged one (:mod:`.score_table`), then ``images`` as image links (paths as
+    given, e.g. relative to the report file)."""
     header, rows, first_metric = _rows(report)
     parent, best = _summary(report)
     lines = [f"# Report: {_md(report.experiment)}", "", _md(parent), "", _md(best), ""]
@@ -157,6 +162,13 @@ def render_markdown(report: Report, images: Sequence[str | os.PathLike[str]] = (
         lines.extend(_md_table(setting_header, setting_rows, width - 3, width - 1))
         lines.extend(["", "## Runs", ""])
     lines.extend(_md_table(header, rows, first_metric))
+    scores = score_table(report)
+    if scores is not None:
+        lines.extend(["", f"## {SCORES_HEADING}", ""])
+        for note in notes(scores):
+            lines.extend([_md(note), ""])
+        score_header, score_rows = markdown_rows(scores)
+        lines.extend(_md_table(score_header, score_rows, 1))
     for image in images:
         path = Path(image)
         lines.extend(["", f"![{path.stem}]({path.as_posix()})"])
@@ -171,6 +183,11 @@ th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #fff4c2; font-weight: 600; }
 tr.tied td { background: #e8f0fe; }
+table.scores th.group { text-align: center; }
+table.scores tr.baseline td { background: #f4f4f4; }
+span.delta { color: #666; }
+span.delta.better { color: #1a7f37; }
+span.delta.worse { color: #c62828; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; }
 """
@@ -225,6 +242,11 @@ def render_html(report: Report, images: Sequence[str | os.PathLike[str]] = ()) -
         out.extend(_html_table(setting_header, setting_rows, width - 3, titles, width - 1))
         out.append("<h2>Runs</h2>")
     out.extend(_html_table(header, rows, first_metric, [c.run_id for c in report.children], len(header)))
+    scores = score_table(report)
+    if scores is not None:
+        out.append(f"<h2>{esc(SCORES_HEADING)}</h2>")
+        out.extend(f"<p>{esc(note)}</p>" for note in notes(scores))
+        out.extend(html_table(scores))
     for image in images:
         path = Path(image)
         data = base64.b64encode(path.read_bytes()).decode("ascii")
