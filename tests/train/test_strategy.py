@@ -228,6 +228,7 @@ def test_resume_reproduces_next_step_and_client_state(dist, tmp_path, zero_stage
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # DeepSpeedCPUAdam's first use JIT-compiles it (minutes on a fresh machine): with the e2e tests
 @pytest.mark.parametrize(
     ("zero_stage", "offload"), [(2, "optimizer"), (3, "optimizer_and_params")], ids=["zero2-opt", "zero3-all"]
 )
@@ -315,6 +316,7 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # two processes with gloo, 15-30 s: with the e2e tests (make test's 10 minutes)
 def test_two_ranks_train_as_zero0_and_refuse_mixed_batches_where_zero_cannot(tmp_path):
     """Two gloo ranks, two optimizer steps of two micro-batches each. ZeRO-1 with a text-only micro-batch on
     one rank and an image on the other ends where ZeRO-0 does (the zero terms); ZeRO-2 and ZeRO-3 end there

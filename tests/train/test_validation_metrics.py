@@ -177,6 +177,7 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # two processes with gloo, 15-30 s: with the e2e tests (make test's 10 minutes)
 def test_two_ranks_zero3_decode_in_step(tmp_path):
     """Two gloo ranks under ZeRO-3 whose samples hold different answers (cognition answers on one rank only,
     other lengths): both make the same number of ``generate`` calls, each rank's scores are those of its own
