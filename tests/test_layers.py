@@ -129,7 +129,12 @@ def test_importing_the_pure_layers_loads_no_infrastructure(layers):
 
 
 #: The only modules that import lmms-eval (the evaluation environment's package).
-LMMS_EVAL_IMPORTERS = {"vlsa_platform.lmms.model", "vlsa_platform.lmms.manifest", "vlsa_platform.lmms.run"}
+LMMS_EVAL_IMPORTERS = {
+    "vlsa_platform.lmms.model",
+    "vlsa_platform.lmms.manifest",
+    "vlsa_platform.lmms.run",
+    "vlsa_platform.lmms.task_check",
+}
 
 
 def test_only_the_lmms_eval_model_imports_lmms_eval():

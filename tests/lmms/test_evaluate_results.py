@@ -4,7 +4,8 @@ needed: the task list is given)."""
 from __future__ import annotations
 
 from vlsa_platform.lmms.results import FAILED, FINISHED, PENDING, EvalResults, TaskOutcome, flat_scores
-from vlsa_platform.lmms.run import record_failure, unknown_tasks
+from vlsa_platform.lmms.run import record_failure
+from vlsa_platform.lmms.task_check import unknown_tasks
 
 
 def test_scores_are_task_slash_metric_without_the_none_filter_stderrs_or_non_numbers():

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from vlsa_platform import cli, exits
+from vlsa_platform.config.loader import TINY_EVAL_METRIC
 from vlsa_platform.orchestration.ledger import find
 from vlsa_platform.tracking import names
+from vlsa_platform.tracking.report.render import SCORES_HEADING
 
 ray = pytest.importorskip("ray")
 
@@ -41,6 +43,7 @@ FAST = [
     "data.prefill_targets=false",
 ]
 SECTION_METRICS = (names.LOSS_TOTAL, names.LOSS_LLM, names.LOSS_REC, names.VAL_LOSS_LLM)
+EVAL_SCORES = ("eval/vlsa_synthetic_vqa/exact_match", "eval/vlsa_synthetic_mc/acc")
 
 
 def submit(workdir: Path, name: str, *sets: str) -> int:
@@ -230,3 +233,58 @@ def test_ablation_runs_the_seven_table3_rows(local_cluster, workdir):
     # L_rec exists only where the variant has the reconstruction branch
     assert math.isfinite(kids["sa_recon"].data.metrics[names.LOSS_REC])
     assert math.isnan(kids["anyres"].data.metrics[names.LOSS_REC])
+
+    # the evaluation step (evaluate: at --scale tiny the local tasks) scored every variant's last stage
+    for variant, kid in kids.items():
+        for key in EVAL_SCORES:
+            assert 0.0 <= kid.data.metrics.get(key, -1.0) <= 1.0, (variant, key)
+            assert kid.data.tags[names.eval_status_tag(key.split("/")[1])] == "finished", (variant, key)
+        history = client(workdir).get_metric_history(kid.info.run_id, EVAL_SCORES[0])
+        validations = client(workdir).get_metric_history(kid.info.run_id, names.VAL_LOSS_LLM)
+        assert [m.step for m in history] == [max(m.step for m in validations)], variant  # the last step
+    out_dir = workdir / "report"
+    assert cli.main(["report", "vlsa-ablation", "--workdir", str(workdir), "--out", str(out_dir)]) == 0
+    text = (out_dir / "report.md").read_text()
+    table = text.split(f"## {SCORES_HEADING}", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| (")]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == [
+        "(1) anyres (baseline)",
+        "(2) lowres",
+        "(3) sa",
+        "(4) sa+recon",
+        "(5) anyres+cognition",
+        "(6) sa+recon+cognition",
+        "(1b) anyres 980K",
+    ]
+    assert "synthetic VQA" in table and "synthetic MC" in table
+    assert '<table class="scores">' in (out_dir / "report.html").read_text()
+
+
+def test_a_sweep_ranked_by_a_benchmark_score(local_cluster, workdir, capsys):
+    """A tiny loss-ratio sweep whose objective is a benchmark score (``loss_ratio_mme_sweep.yaml``: MME
+    perception, at --scale tiny the local VQA task's exact match): each trial is evaluated after stage2 and
+    stage3 as Ray work inside it, reports its scores to Tune, and the report ranks the trials by the score."""
+    sets = (
+        "sweep.search_space={loss.rec_weight: {grid: [0.1, 3.0]}}",
+        "sweep.max_concurrent_trials=2",
+    )
+    assert submit(workdir, "loss_ratio_mme_sweep.yaml", *sets) == 0
+    parents, children = runs_of(workdir, "vlsa-loss-ratio-mme")
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.metric"] == TINY_EVAL_METRIC
+    kids = children[parent.info.run_id]
+    assert len(kids) == 2
+    for kid in kids:
+        stopped = kid.data.tags.get("vlsa.early_stopped") == "true"
+        check_child(kid, finished=not stopped)
+        history = client(workdir).get_metric_history(kid.info.run_id, TINY_EVAL_METRIC)
+        assert len(history) == (1 if stopped else 2), kid.info.run_name  # after stage2, and stage3
+        assert all(0.0 <= m.value <= 1.0 for m in history)
+    out_dir = workdir / "report"
+    args = ["report", "vlsa-loss-ratio-mme", "--workdir", str(workdir), "--out", str(out_dir)]
+    assert cli.main(args) == 0
+    text = (out_dir / "report.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| ") and "rank" in line)
+    cells = [cell.strip() for cell in header.strip("|").split(" | ")]
+    assert cells[1] == "rank" and TINY_EVAL_METRIC in cells, cells

@@ -197,18 +197,18 @@ def test_markdown_has_one_row_per_child_and_marks_the_best(tracked: Tracked) -> 
     assert len(rows) == 4
     for row, (name, weight) in zip(rows, WEIGHTS.items(), strict=True):
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
-        assert cells[1] == name and str(weight) in cells
+        assert cells[2] == name and str(weight) in cells
     assert [row.startswith(f"| {BEST_MARK} |") for row in rows] == [False, True, False, False]
     assert "Best by val/loss_llm (min, parent run): trial-1 = 1.2." in text
     lines = text.splitlines()
-    header = [
-        cell.strip() for cell in next(x for x in lines if x.startswith("| ★ | run")).strip("|").split(" | ")
-    ]
+    header_line = next(x for x in lines if x.startswith(f"| {BEST_MARK} | rank | run"))
+    header = [cell.strip() for cell in header_line.strip("|").split(" | ")]
     assert names.LOSS_TOTAL not in header  # a weighted sum whose weight is swept: never compared
     assert names.LOSS_LLM in header and names.VAL_LOSS_REC in header
     change = header.index("val/loss_llm first -> last")
     assert header[change - 1] == names.VAL_LOSS_LLM
     cells = [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+    assert [c[header.index("rank")] for c in cells] == ["3", "1", "2", "4"]  # final 1.5, 1.2, 1.4, 1.9 by min
     assert [c[change] for c in cells] == [
         "2 -> 1.5 (-25.0%)",
         "1.9 -> 1.2 (-36.8%)",
@@ -310,7 +310,7 @@ def test_cli_prints_the_table_and_writes_the_report(
     monkeypatch.chdir(tmp_path)
     assert main(["report", SWEEP, "--workdir", str(tracked.workdir)]) == 0
     out = capsys.readouterr().out
-    assert f"| {BEST_MARK} | trial-1 | t1 | FINISHED | 0.3 |" in out
+    assert f"| {BEST_MARK} | 1 | trial-1 | t1 | FINISHED | 0.3 |" in out
     assert all(name in out for name in WEIGHTS)
     folder = Path("reports") / SWEEP
     for name in (REPORT_MD, REPORT_HTML, *CURVES, objective_plot_name("loss.rec_weight")):
@@ -321,7 +321,7 @@ def test_cli_prints_the_table_and_writes_the_report(
         main(["report", SWEEP, "--tracking-uri", tracked.store.uri, "--out", "elsewhere", "--mode", "max"])
         == 0
     )
-    assert f"| {BEST_MARK} | trial-3 |" in capsys.readouterr().out
+    assert f"| {BEST_MARK} | 1 | trial-3 |" in capsys.readouterr().out
     assert (tmp_path / "elsewhere" / REPORT_MD).is_file()
 
 

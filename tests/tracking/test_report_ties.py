@@ -131,7 +131,7 @@ def test_seeded_report_shows_mean_and_spread_and_marks_ties(tracked: Tracked) ->
         "Tie by val/loss_llm (min, parent run): loss.rec_weight=0.3; loss.rec_weight=1.0 have means within the "
         "seed spread (pooled sample standard deviation 0.027) of the best mean 1.2; no best."
     ) in text
-    children = _rows(text, f"| {BEST_MARK} | run |")
+    children = _rows(text, f"| {BEST_MARK} | run |")  # no rank: the settings' table judges
     assert len(children) == 9 and all(row[0] == "" for row in children)  # the marks go to the settings
     page = render_html(collect(TIED, tracked.store))
     assert page.count('<tr class="tied"') == 2 and '<tr class="best"' not in page
@@ -170,7 +170,7 @@ def test_equal_values_without_repeats_are_a_tie_with_no_star(tracked: Tracked) -
     report = collect(EQUAL, tracked.store)
     assert not report.repeated and report.best is None
     text = render_markdown(report)
-    rows = _rows(text, f"| {BEST_MARK} | run |")
+    rows = _rows(text, f"| {BEST_MARK} | rank | run |")
     assert [row[0] for row in rows] == [TIE_MARK, TIE_MARK, ""]
     assert text.count(BEST_MARK) == 1  # the column's header only
     assert (

@@ -253,6 +253,12 @@ def render_plan(plan: dict[str, Any], source: str) -> str:
             rows.append(_stage_row(stage))
         lines.extend(table(rows, indent="    "))
         lines.extend(notes)
+        if run.get("evaluation"):
+            evaluation = run["evaluation"]
+            lines.append(
+                f"    evaluate after {', '.join(evaluation['after'])}: {', '.join(evaluation['tasks'])}"
+                f" (lmms-eval, {evaluation['limit'] or 'all'} documents each, on {evaluation['on']})"
+            )
         if all("estimate" in stage for stage in run["stages"]) and "estimate" in run:
             lines.extend(_estimate_lines(run))
     lines.extend(_estimate_footer(plan))

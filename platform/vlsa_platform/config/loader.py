@@ -20,7 +20,10 @@ tiny model learn in each of them:
   ratios between its parts stay the paper's (the vision tower's 10x lower): the paper's 2e-5 moves a 2-layer,
   width-64 model nowhere in 16 steps;
 - validation reads :data:`TINY_VALIDATION_SAMPLES` records of the bundle's held-out split every
-  :data:`TINY_VALIDATION_EVERY` steps (twice per stage: the report's curves have a point mid-stage).
+  :data:`TINY_VALIDATION_EVERY` steps (twice per stage: the report's curves have a point mid-stage);
+- ``evaluate`` scores the platform's local lmms-eval tasks (:data:`TINY_EVAL_TASKS`, :data:`TINY_EVAL_LIMIT`
+  documents each, on a CPU) instead of the paper's benchmarks, and an ``eval/`` ``sweep.metric`` becomes
+  :data:`TINY_EVAL_METRIC`.
 
 ``--set`` applies after ``--scale``, so ``--scale tiny --set stages.stage1.placement.num_workers=2`` runs two
 CPU workers and ``--set stages.stage3.placement.zero_stage=3`` keeps ZeRO-3.
@@ -62,6 +65,14 @@ TINY_VALIDATION_EVERY = 4
 
 #: Every stage's ``lr.default`` at ``--scale tiny`` (its other parts' rates keep their ratio to it).
 TINY_LR = 1.0e-3
+
+#: The benchmarks of ``evaluate.tasks`` at ``--scale tiny``: the platform's local lmms-eval tasks.
+TINY_EVAL_TASKS = ("vlsa_synthetic_vqa", "vlsa_synthetic_mc")
+#: Documents per task at ``--scale tiny``.
+TINY_EVAL_LIMIT = 8
+#: What an ``eval/...`` ``sweep.metric`` becomes at ``--scale tiny`` (higher is better, as for the paper's
+#: benchmark scores).
+TINY_EVAL_METRIC = "eval/vlsa_synthetic_vqa/exact_match"
 
 #: The highest ZeRO stage at ``--scale tiny`` (one worker: ZeRO-3 has nothing to partition).
 TINY_MAX_ZERO_STAGE = 2
@@ -309,10 +320,30 @@ def apply_scale(raw: dict[str, Any], lines: Lines, scale: Scale) -> None:
                 "global_batch": TINY_GLOBAL_BATCH,
             }.items():
                 put(placement, loc, key, value)
+    _tiny_evaluation(raw, put)
     kept = _forget(lines, changed)
     lines.clear()
     lines.update(kept)
     lines.update(dict.fromkeys(changed, origin))
+
+
+def _tiny_evaluation(raw: dict[str, Any], put: Any) -> None:
+    """``--scale tiny`` of the ``evaluate`` section: the local tasks (the paper's benchmarks live on a hub),
+    a few documents each, on a CPU; an ``eval/`` sweep metric becomes :data:`TINY_EVAL_METRIC`."""
+    evaluate = raw.get("evaluate")
+    if not isinstance(evaluate, dict):
+        return
+    loc = ("evaluate",)
+    for key, value in {
+        "tasks": list(TINY_EVAL_TASKS),
+        "limit": TINY_EVAL_LIMIT,
+        "accelerator_type": None,
+        "use_gpu": False,
+    }.items():
+        put(evaluate, loc, key, value)
+    sweep = raw.get("sweep")
+    if isinstance(sweep, dict) and str(sweep.get("metric", "")).startswith("eval/"):
+        put(sweep, ("sweep",), "metric", TINY_EVAL_METRIC)
 
 
 def apply_overrides(raw: dict[str, Any], lines: Lines, overrides: Iterable[str]) -> None:

@@ -38,6 +38,13 @@ from .data_section import (
     ValidationSet,
 )
 from .errors import ConfigError, FieldIssue, Loc, dotted
+from .evaluate_section import (
+    EvaluateConfig,
+    check_evaluate,
+    check_evaluation_rungs,
+    eval_metric_task,
+    variant_evaluation_points,
+)
 from .explain import explain, problem
 from .keys import KeyIssue, check_key, set_dotted, split_key
 from .model_section import LoraConfig, ModelConfig, ModelWeights
@@ -107,6 +114,8 @@ class ExperimentConfig(Section):
     """A hyper-parameter search (at most one of ``sweep`` and ``ablation``)."""
     ablation: AblationConfig | None = None
     """Ablation variants (at most one of ``sweep`` and ``ablation``)."""
+    evaluate: EvaluateConfig | None = None
+    """Benchmark evaluation (lmms-eval) after the run's last stage, or after each stage named; ``null`` = none."""
 
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -160,6 +169,7 @@ class ExperimentConfig(Section):
             raise FieldIssue(
                 ("sweep", "metric"), f"{self.sweep.metric} needs validation data (data.validation)"
             )
+        check_evaluate(self.evaluate, list(self.stages), self.sweep.metric if self.sweep else None)
 
         self._check_variant_stages()
         for where, switches in self._variant_switches():
@@ -369,6 +379,7 @@ def _variant_raw(raw: dict[str, Any], name: str, variant: VariantConfig) -> dict
     stages = raw.get("stages")
     if variant.stages is not None and isinstance(stages, dict):
         raw["stages"] = {k: v for k, v in stages.items() if k in variant.stages}
+        variant_evaluation_points(raw, name)
     for key, value in variant.set.items():
         where: Loc = ("ablation", "variants", name, "set", key)
         try:
@@ -468,6 +479,12 @@ def _check_rungs(config: ExperimentConfig, acts: dict[str, int]) -> None:
         trains_llm = [bool({"llm", "all"} & set(config.stages[name].trainable)) for name in stages]
         frozen = [i for i, trains in enumerate(trains_llm) if not trains]
     earliest = max([0, *acts.values(), *(i + 1 for i in frozen)])
+    if eval_metric_task(metric) is not None:
+        if config.evaluate is None:
+            check_evaluate(config.evaluate, stages, metric)  # refuses: an eval/ metric needs the section
+            return
+        start = rungs.from_stage or (stages[earliest] if earliest < len(stages) else None)
+        check_evaluation_rungs(config.evaluate, stages, start, metric)
     if rungs.from_stage is None:
         if earliest >= len(stages):
             raise FieldIssue(
@@ -513,6 +530,7 @@ __all__ = [
     "DatasetConfig",
     "Domain",
     "EffectiveLoss",
+    "EvaluateConfig",
     "ExperimentConfig",
     "LearningRates",
     "LoraConfig",

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from .errors import FieldIssue
+from .evaluate_section import eval_metric_task
 from .vocabulary import METRICS, Count, Name, Section, Steps, VisionMode, Workers
 
 SEED_KEY = "seed"
@@ -83,7 +84,8 @@ class RungsConfig(Section):
     at: RungPoints = "validations"
     """``validations``: every validation point (each ``data.validation.every_steps`` steps and each stage's
     end) from ``from_stage`` on is one tick of the clock; ``stage_ends``: only the ends of ``from_stage`` and
-    of the stages after it are."""
+    of the stages after it are. With an ``eval/`` metric neither: the evaluation points (``evaluate.after``)
+    from ``from_stage`` on are."""
     allow_frozen_llm: bool = False
     """Let rungs fall in stages that train no LLM (``trainable`` without ``llm`` or ``all``) although the
     metric is ``val/loss_llm``, on purpose (by default such a rung is refused: there the LLM loss moves only through
@@ -124,7 +126,9 @@ class SweepConfig(Section):
     """Seeds each setting runs with: the experiment's ``seed``, ``seed + 1``, ..., ``seed + seeds - 1`` (each
     a trial; ``grid`` only when above 1). The report shows each setting's mean and spread over its seeds."""
     metric: str = "val/loss_llm"
-    """Metric key the search and the scheduler compare."""
+    """Metric key the search and the scheduler compare: one the trainer reports, or a benchmark score
+    ``eval/<task>/<metric>`` of a task in ``evaluate.tasks`` (then ASHA's rung points are the evaluation
+    points, ``evaluate.after``)."""
     mode: Literal["min", "max"] = "min"
     """Whether lower or higher ``metric`` is better."""
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -135,8 +139,11 @@ class SweepConfig(Section):
     @field_validator("metric")
     @classmethod
     def _metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r}; the trainer reports {', '.join(METRICS)}")
+        if value not in METRICS and eval_metric_task(value) is None:
+            raise ValueError(
+                f"unknown metric {value!r}; the trainer reports {', '.join(METRICS)}, and benchmark scores are "
+                "eval/<task>/<metric>"
+            )
         return value
 
     @model_validator(mode="after")

@@ -20,7 +20,6 @@ Exit status: 0 every task finished; 1 one or more failed (the others' scores are
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.metadata
 import json
 import re
@@ -33,7 +32,6 @@ from typing import Any
 
 from ..config.errors import ConfigError
 from ..exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from . import TASKS_DIR
 from .loading import ExportError, check_export
 from .results import (
     ERRORS_DIR,
@@ -45,9 +43,7 @@ from .results import (
     TaskOutcome,
     flat_scores,
 )
-
-#: Close matches shown for an unknown task name.
-SUGGESTIONS = 5
+from .task_check import task_manager, unknown_tasks
 
 
 class Refused(ValueError):
@@ -69,24 +65,6 @@ def _resident_model(**kwargs: Any) -> Any:
             """Keep the model (see :func:`_resident_model`)."""
 
     return ResidentVLSA(**kwargs)
-
-
-def unknown_tasks(tasks: Sequence[str], known: Sequence[str]) -> str | None:
-    """A message naming each of ``tasks`` not in ``known``, with its closest known names; ``None`` if all are."""
-    problems = []
-    for task in tasks:
-        if task in known:
-            continue
-        close = difflib.get_close_matches(task, known, n=SUGGESTIONS, cutoff=0.6)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        problems.append(f"{task}{hint}")
-    if not problems:
-        return None
-    return (
-        f"unknown lmms-eval task{'s' if len(problems) > 1 else ''}: {'; '.join(problems)} — known tasks are "
-        "lmms-eval's own, the platform's (vlsa_synthetic_vqa, vlsa_synthetic_mc, vlsa_synthetic_caption, the "
-        "group vlsa_synthetic) and those under --include-path"
-    )
 
 
 def _file_name(task: str) -> str:
@@ -162,10 +140,8 @@ def _evaluate_each(
 
 def evaluate(args: argparse.Namespace) -> EvalResults:
     """Check, load once, evaluate each task (module docstring). Raises :class:`Refused`."""
-    from lmms_eval.tasks import TaskManager
-
     tasks = list(dict.fromkeys(args.tasks))
-    manager = TaskManager("WARNING", include_path=[str(TASKS_DIR), *map(str, args.include_path)])
+    manager = task_manager(tasks, args.include_path)
     message = unknown_tasks(tasks, manager.all_tasks)
     if message:
         raise Refused(message)
@@ -229,4 +205,10 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["SUGGESTIONS", "Refused", "evaluate", "main", "parser", "record_failure", "unknown_tasks"]
+__all__ = [
+    "Refused",
+    "evaluate",
+    "main",
+    "parser",
+    "record_failure",
+]

@@ -76,25 +76,35 @@ def await_decision(
     ``clock`` are how it waits and tells the time."""
     if tune_report(latest, metrics, metric) is None or not due:
         return
-    path = decision_file(directory, int(metrics["global_step"]))
+    wait_for_decision(directory, int(metrics["global_step"]), sleep=sleep, clock=clock)
+
+
+def wait_for_decision(
+    directory: str,
+    global_step: int,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Wait for the scheduler's decision on the result at ``global_step`` of the trial whose run folder is
+    ``directory``: return on ``continue`` (or none within :data:`DECISION_TIMEOUT_S`); on ``stop``, wait for
+    Tune to end this trial. A trial's rank 0 after a validation (:func:`await_decision`), its driver after an
+    evaluation (:mod:`.eval_step`)."""
+    path = decision_file(directory, global_step)
     timeout_s = DECISION_TIMEOUT_S
     deadline = clock() + timeout_s
     while not storage.exists(path):
         if clock() > deadline:
-            log.warning(
-                "no scheduler decision on step %s within %ss; going on", metrics["global_step"], timeout_s
-            )
+            log.warning("no scheduler decision on step %s within %ss; going on", global_step, timeout_s)
             return
         sleep(DECISION_POLL_S)
     decision = json.loads(storage.read_text(path)).get("decision")
     if decision != "stop":
         storage.delete(path)
         return
-    log.info(
-        "the scheduler stopped this trial at step %s; waiting for Tune to end it", metrics["global_step"]
-    )
+    log.info("the scheduler stopped this trial at step %s; waiting for Tune to end it", global_step)
     sleep(timeout_s * 10)
-    raise RuntimeError("the scheduler stopped this trial, but Tune did not end its workers")
+    raise RuntimeError("the scheduler stopped this trial, but Tune did not end it")
 
 
 # -------------------------------------------------------------------------------------------- the Tune side
@@ -191,5 +201,6 @@ __all__ = [
     "decision_file",
     "scheduler",
     "tune_report",
+    "wait_for_decision",
     "worker_clock",
 ]

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -74,6 +74,34 @@ def eval_python() -> Path:
             "holding lmms-eval and this project"
         )
     return python
+
+
+#: What :func:`check_tasks` runs.
+TASK_CHECK_MODULE = "vlsa_platform.lmms.task_check"
+#: Seconds lmms-eval gets to index its tasks for :func:`check_tasks`.
+TASK_CHECK_TIMEOUT_S = 300.0
+
+
+def check_tasks(
+    tasks: Sequence[str], include_paths: Sequence[str | Path] = (), *, python: Path | None = None
+) -> None:
+    """Look ``tasks`` up in lmms-eval's task index in the evaluation environment, loading no model. Raises
+    :class:`EvaluationInputError` naming the unknown ones (with the closest known names), or the missing
+    environment."""
+    python = python or eval_python()
+    command = [str(python), "-m", TASK_CHECK_MODULE, "--tasks", *tasks]
+    for folder in include_paths:
+        command += ["--include-path", str(folder)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TASK_CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise EvaluationError(f"lmms-eval did not list its tasks within {TASK_CHECK_TIMEOUT_S:g} s") from None
+    if done.returncode == 0:
+        return
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    if done.returncode == 2 and lines:
+        raise EvaluationInputError(lines[-1])
+    raise EvaluationError(f"listing lmms-eval's tasks failed (exit {done.returncode}): {done.stderr[-2000:]}")
 
 
 @dataclass(frozen=True)
@@ -303,6 +331,7 @@ __all__ = [
     "EvaluationInputError",
     "EvaluationOutcome",
     "ExportInfo",
+    "check_tasks",
     "eval_python",
     "evaluate",
     "log_results",

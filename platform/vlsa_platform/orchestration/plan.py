@@ -63,7 +63,7 @@ from ..config.schema import ExperimentConfig, StageConfig, sampled_size
 from ..config.sweep_section import SEED_KEY
 from .estimate import run_estimate, stage_estimate, submission_estimate
 from .prefixes import prefix_digests, shareable_stages
-from .rungs import RungSchedule, rung_schedule
+from .rungs import EVALUATIONS, RungSchedule, rung_schedule
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,25 @@ def plan_run(run: PlannedRun, placements: Mapping[str, ResolvedPlacement] | None
         },
         "stages": stages,
         "estimate": run_estimate(stages),
+        "evaluation": _evaluation_in_plan(config),
+    }
+
+
+def _evaluation_in_plan(config: ExperimentConfig) -> dict[str, Any] | None:
+    """A run's evaluation step (``evaluate``): after which stages, which tasks, on which class (an unknown one
+    is a ``ConfigError`` naming ``evaluate.accelerator_type``)."""
+    evaluate = config.evaluate
+    if evaluate is None:
+        return None
+    on = "a GPU" if evaluate.gpu() else "a CPU"
+    if evaluate.accelerator_type is not None:
+        table = AcceleratorTable.from_config(config.cluster)
+        on = table.lookup(evaluate.accelerator_type, "evaluate.accelerator_type").name
+    return {
+        "after": evaluate.points(list(config.stages)),
+        "tasks": list(evaluate.tasks),
+        "limit": evaluate.limit,
+        "on": on,
     }
 
 
@@ -356,12 +375,14 @@ def _rungs_in_plan(config: ExperimentConfig) -> dict[str, Any]:
         return {"rungs": [], "asha": None}
     settings, clock = config.sweep.scheduler, schedule.clock
     counted = "validation points" if clock.at == "validations" and clock.every else "stage ends"
+    if clock.at == EVALUATIONS:
+        counted = f"evaluations (after {', '.join(clock.evaluated)})"
     if schedule.points is None:
         note = f"rungs unknown: a stage from {clock.from_stage} on has no length before it runs (epochs)"
     elif not clock.waits:
         note = (
             f"no rung: from {clock.from_stage} on a trial meets {len(schedule.points)} "
-            f"{counted if len(schedule.points) != 1 else counted[:-1]}, the last "
+            f"{counted if len(schedule.points) != 1 else counted.split(' (')[0][:-1]}, the last "
             f"where its work is done; the first rung needs grace_period {settings.grace_period} before it"
         )
     else:

@@ -12,6 +12,9 @@
 A failure is a :class:`PreflightError` whose message is one line naming the location and the reason; the CLI
 prints it and exits with :data:`~vlsa_platform.exits.EXIT_PREFLIGHT`. A cluster submission's trials use the
 nodes' credentials, so there only the credentials this machine has are held to account (:func:`preflight`).
+- The ``evaluate`` section's task names, looked up by lmms-eval in the evaluation environment
+  (:func:`check_evaluation`).
+
 Nothing here imports Ray.
 """
 
@@ -23,6 +26,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .. import storage
 from .submission_types import SubmissionSpec
@@ -209,6 +213,28 @@ def _has_aws_credentials() -> bool:
     return boto3.session.Session().get_credentials() is not None
 
 
+def check_evaluation(evaluate: dict[str, Any], *, cluster: bool = False) -> list[str]:
+    """The ``evaluate`` section's tasks, looked up in lmms-eval's task index by the evaluation environment
+    (:func:`.evaluation.check_tasks`: seconds, no model loaded), so an unknown name is refused before
+    anything trains. On a cluster the nodes' environment evaluates: without one here, nothing is checked
+    (the returned line says so)."""
+    from .evaluation import EvaluationError, EvaluationInputError, check_tasks, eval_python
+
+    try:
+        python = eval_python()
+    except EvaluationInputError as err:
+        if cluster:
+            return [f"evaluate.tasks not checked: {err}"]
+        raise PreflightError(_one_line(f"evaluate: {err}")) from None
+    try:
+        check_tasks(evaluate["tasks"], evaluate.get("include_paths") or (), python=python)
+    except EvaluationInputError as err:
+        raise PreflightError(_one_line(f"evaluate.tasks: {err}")) from None
+    except EvaluationError as err:
+        raise PreflightError(_one_line(f"evaluate.tasks: {err}")[:2000]) from None
+    return []
+
+
 def preflight(spec: SubmissionSpec, *, cluster: bool = False) -> list[str]:
     """Check a submission's run storage and tracking server before anything starts (module docstring).
 
@@ -231,6 +257,8 @@ def preflight(spec: SubmissionSpec, *, cluster: bool = False) -> list[str]:
         "tracking.tracking_uri" if from_file else "$MLFLOW_TRACKING_URI",
         require_auth=not cluster or local_auth,
     )
+    if spec.config.get("evaluate"):
+        skipped += check_evaluation(spec.config["evaluate"], cluster=cluster)
     return skipped
 
 
@@ -238,6 +266,7 @@ __all__ = [
     "HTTP_TIMEOUT_S",
     "PROBE_DIR",
     "PreflightError",
+    "check_evaluation",
     "check_storage",
     "check_tracking",
     "preflight",

@@ -1,7 +1,8 @@
 """ASHA's rungs in stage terms: the clock a trial's reports carry, and where its rungs fall (no Ray here).
 
 A sweep's ``sweep.scheduler.rungs`` names the stage from which trials may be compared and what counts as a
-tick of ASHA's clock there: each validation point, or each stage end (``at``). The clock
+tick of ASHA's clock there: each validation point, or each stage end (``at``) — or, when the sweep's metric
+is a benchmark score (``eval/...``), each evaluation point (``evaluate.after``). The clock
 (:data:`RUNG_CLOCK`, ASHA's ``time_attr``) is 0 before ``from_stage`` and counts those *rung points* from it
 on, so no rung can fall before the stage; rank 0 of a trial writes it into every report from where it is
 (:meth:`RungClock.reading`). ASHA puts its rungs at ``grace_period x reduction_factor^k`` ticks
@@ -19,10 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from ..config.evaluate_section import EVAL_METRIC_PREFIX
 from ..config.schema import ExperimentConfig
 
 RUNG_CLOCK = "rung_clock"
 """The result key Tune's ASHA reads as its time (``time_attr``): rung points from ``rungs.from_stage`` on."""
+EVALUATIONS = "evaluations"
+"""``RungClock.at`` of a sweep whose metric is a benchmark score: the evaluation points are the rung points."""
 UNKNOWN_MAX_T = 1000
 """ASHA's ``max_t`` when a stage's length is not known before it starts (``epochs`` over datasets of unknown
 size): large enough never to cut a trial short."""
@@ -60,24 +64,37 @@ class RungClock:
     """The run's stages, in order."""
     from_stage: str
     at: str
-    """``validations`` or ``stage_ends`` (``sweep.scheduler.rungs.at``)."""
+    """``validations`` or ``stage_ends`` (``sweep.scheduler.rungs.at``), or :data:`EVALUATIONS`."""
     every: int | None
     """``data.validation.every_steps``."""
     waits: tuple[int, ...] = ()
     """The ticks at which ASHA decides (:func:`decision_ticks` over every bracket)."""
+    evaluated: tuple[str, ...] = ()
+    """``at == "evaluations"`` (an ``eval/`` metric): the stages after which the run is evaluated; each
+    evaluation from ``from_stage`` on is one tick, read by the trial's driver (:meth:`evaluation_reading`)."""
 
     def ticks(self, stage_steps: int) -> int:
         """Rung points in a whole stage of ``stage_steps`` steps (one at or after ``from_stage``)."""
+        if self.at == EVALUATIONS:
+            return 0
         if self.at == "stage_ends" or not self.every:
             return 1
         return math.ceil(stage_steps / self.every)
+
+    def evaluation_reading(self, stage: str) -> tuple[int, bool]:
+        """``(clock, rung point?)`` at the evaluation after ``stage``: the evaluations from ``from_stage``
+        through it (``at == "evaluations"``)."""
+        start, index = self.stages.index(self.from_stage), self.stages.index(stage)
+        if index < start or stage not in self.evaluated:
+            return 0, False
+        return sum(1 for s in self.stages[start : index + 1] if s in self.evaluated), True
 
     def reading(self, stage: str, step: int, last: bool, earlier: Sequence[int]) -> tuple[int, bool]:
         """``(clock, rung point?)`` at a report after ``step`` steps of ``stage`` (``last``: its final step),
         ``earlier`` the steps of each stage from ``from_stage`` up to ``stage`` (exclusive). A validation
         lands at every ``every``-th step and at the last, so ``ceil(step / every)`` of them have been by then."""
         index, start = self.stages.index(stage), self.stages.index(self.from_stage)
-        if index < start:
+        if index < start or self.at == EVALUATIONS:  # evaluations: read by the driver, not at reports
             return 0, False
         before = sum(self.ticks(n) for n in earlier)
         if self.at == "stage_ends" or not self.every:
@@ -106,7 +123,8 @@ class RungClock:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RungClock:
-        return cls(**{**data, "stages": tuple(data["stages"]), "waits": tuple(data["waits"])})
+        tuples = {key: tuple(data.get(key, ())) for key in ("stages", "waits", "evaluated")}
+        return cls(**{**data, **tuples})
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,10 @@ def _points(clock: RungClock, lengths: Mapping[str, int | None]) -> list[tuple[s
         steps = lengths.get(stage)
         if steps is None:
             return None
-        if clock.at == "validations" and clock.every:
+        if clock.at == EVALUATIONS:
+            if stage in clock.evaluated:
+                points.append((stage, steps))
+        elif clock.at == "validations" and clock.every:
             points.extend((stage, min(k * clock.every, steps)) for k in range(1, clock.ticks(steps) + 1))
         else:
             points.append((stage, steps))
@@ -153,7 +174,10 @@ def rung_schedule(config: ExperimentConfig, lengths: Mapping[str, int | None]) -
     settings = config.sweep.scheduler
     assert settings.rungs.from_stage is not None  # the schema sets it
     every = config.data.validation.every_steps if config.data.validation is not None else None
-    clock = RungClock(tuple(config.stages), settings.rungs.from_stage, settings.rungs.at, every)
+    at, evaluated = settings.rungs.at, ()
+    if config.sweep.metric.startswith(EVAL_METRIC_PREFIX) and config.evaluate is not None:
+        at, evaluated = EVALUATIONS, tuple(config.evaluate.points(list(config.stages)))
+    clock = RungClock(tuple(config.stages), settings.rungs.from_stage, at, every, (), evaluated)
     points = _points(clock, lengths)
     if points is None:
         max_t = settings.max_t or UNKNOWN_MAX_T
@@ -165,11 +189,12 @@ def rung_schedule(config: ExperimentConfig, lengths: Mapping[str, int | None]) -
     for bracket in range(settings.brackets):
         rungs = milestones(settings.grace_period, settings.reduction_factor, max_t, bracket)
         ticks.update(decision_ticks(rungs, last))
-    waiting = RungClock(clock.stages, clock.from_stage, clock.at, every, tuple(sorted(ticks)))
+    waiting = RungClock(clock.stages, clock.from_stage, clock.at, every, tuple(sorted(ticks)), evaluated)
     return RungSchedule(waiting, max_t, points)
 
 
 __all__ = [
+    "EVALUATIONS",
     "RUNG_CLOCK",
     "UNKNOWN_MAX_T",
     "RungClock",

@@ -42,6 +42,7 @@ from ..tracking import names
 from ..tracking.report.queries import first_values
 from ..tracking.store import LocalTrackingServer, TrackingStore, resolve_store, shared_store
 from ..tracking.tracker import Tracker, git_commit
+from . import eval_step
 from .decisions import scheduler, worker_clock
 from .plan import estimated_run_hours, expand_runs, model_numbers, remember_model_numbers, stage_placements
 from .progress import ProgressCallback, ValidationReportCallback
@@ -86,6 +87,12 @@ def _trial(
     chosen = trial_run(config, params, trial_id)
     metric = config.sweep.metric if config.sweep is not None else names.VAL_LOSS_LLM
     tags = {names.TAG_TRIAL_ID: trial_id, TAG_SUBMISSION: sub.submission_id}
+    clock = worker_clock(config)
+    evaluation = eval_step.for_trial(chosen.run.config, tracking_uri, metric, clock)
+    # ASHA on a benchmark score: the trial's driver reports each evaluation and waits for its decisions
+    # (eval_step); the workers report nothing Tune sees and wait for nothing
+    scored = evaluation is not None and evaluation.metric is not None
+    asha = config.sweep is not None and config.sweep.scheduler.kind == "asha" and not scored
     run_training(
         chosen.run,
         storage_root=sub.runs_root,
@@ -95,11 +102,10 @@ def _trial(
         tags=tags,
         callbacks=[ValidationReportCallback(metric)],
         # ASHA posts its decisions (decisions.scheduler): a stopped trial trains no step past its rung
-        await_decisions=metric
-        if config.sweep is not None and config.sweep.scheduler.kind == "asha"
-        else None,
-        rung_clock=worker_clock(config),  # ASHA's clock in every report; waits only where it decides
+        await_decisions=metric if asha else None,
+        rung_clock=clock,  # ASHA's clock in every report; waits only where it decides
         launch=launch,
+        after_stage=evaluation,
     )
 
 
@@ -107,8 +113,8 @@ def _trial(
 
 
 def trial_resources(config: ExperimentConfig) -> dict[str, float]:
-    """The most any stage of a run asks of the cluster at once (CPU, GPU, ``accelerator_type:X``), for
-    bounding concurrency and failing fast on a cluster that cannot run it."""
+    """The most any stage of a run (or its evaluation step) asks of the cluster at once (CPU, GPU,
+    ``accelerator_type:X``), for bounding concurrency and failing fast on a cluster that cannot run it."""
     need: dict[str, float] = {}
     for run in expand_runs(config):
         for placement in stage_placements(run).values():
@@ -120,6 +126,16 @@ def trial_resources(config: ExperimentConfig) -> dict[str, float]:
                 per_worker[f"accelerator_type:{kwargs['accelerator_type']}"] = 0.001
             for key, value in per_worker.items():
                 need[key] = max(need.get(key, 0.0), value * placement.num_workers)
+    if config.evaluate is not None:  # the evaluation step runs between stages: the larger of the two
+        options = eval_step.evaluation_resources(config.evaluate, config)
+        evaluation = {
+            "CPU": float(options["num_cpus"]),
+            "GPU": float(options["num_gpus"]),
+            **options["resources"],
+        }
+        for key, value in evaluation.items():
+            if value:
+                need[key] = max(need.get(key, 0.0), value)
     return need
 
 

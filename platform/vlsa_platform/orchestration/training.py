@@ -18,6 +18,7 @@ Layout of a run in the run storage (a local folder or ``s3://``, ``storage.path`
                                  last also model/
         <stage>.complete.json    written when the stage finished: its final checkpoint, steps, device-hours
                                  (or adopted: a shared prefix another run trained, :mod:`.prefixes`)
+        <stage>.eval.json        the evaluation after the stage (``evaluate``, :mod:`.eval_step`): its scores
         <stage>.diverged.json    written when the stage stopped for non-finite losses (``training.on_nonfinite``):
                                  the reason and the launch, raised by the driver as ``DivergedError`` (no
                                  Ray Train retry; Tune's retries in the same launch end with it at once)
@@ -66,6 +67,10 @@ from .stage_markers import read_marker as _read_marker
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+AfterStage = Callable[..., None]
+"""``after_stage(outcome, directory=..., run_id=...)``: what a run does after each stage it finished (or found
+finished), in order, with the run folder and MLflow run id: the evaluation step (:mod:`.eval_step`). A stage
+after which the config evaluates ends its segment."""
 TARGETS_DIR = "targets"
 
 
@@ -292,10 +297,13 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _segments(
-    stages: Sequence[dict[str, Any]], placements: Mapping[str, ResolvedPlacement]
+    stages: Sequence[dict[str, Any]],
+    placements: Mapping[str, ResolvedPlacement],
+    ends: Sequence[str] = (),
 ) -> list[list[int]]:
     """Indices of the planned stages grouped into segments: runs of consecutive stages whose placements ask
-    Ray for the same workers (count, GPU, accelerator class)."""
+    Ray for the same workers (count, GPU, accelerator class); a stage in ``ends`` (an evaluation point) ends
+    its segment."""
 
     def key(stage: dict[str, Any]) -> tuple[Any, ...]:
         placement = placements[stage["name"]]
@@ -303,7 +311,8 @@ def _segments(
 
     segments: list[list[int]] = []
     for index, stage in enumerate(stages):
-        if segments and key(stages[segments[-1][-1]]) == key(stage):
+        previous = stages[segments[-1][-1]] if segments else None
+        if previous is not None and previous["name"] not in ends and key(previous) == key(stage):
             segments[-1].append(index)
         else:
             segments.append([index])
@@ -432,6 +441,7 @@ def run_training(
     await_decisions: str | None = None,
     rung_clock: RungClock | None = None,
     launch: str | None = None,
+    after_stage: AfterStage | None = None,
 ) -> TrainingResult:
     """Train ``run`` through all its stages (resuming a run of the same name found in ``storage_root``).
 
@@ -448,6 +458,7 @@ def run_training(
         rung_clock: in a Tune trial of an ASHA sweep (``decisions.worker_clock``): rank 0 writes ASHA's clock
             (``rungs.RUNG_CLOCK``) into every report, and waits for decisions only at its rung ticks.
         launch: this launch of the submission (one per driver), for the divergence markers (:mod:`.divergence`).
+        after_stage: called after each finished stage (:data:`AfterStage`): the evaluation step.
     """
     import ray
 
@@ -475,16 +486,9 @@ def run_training(
         )
 
     fit = functools.partial(
-        _fit_segment,
-        placements=placements,
-        directory=directory,
-        config=config,
-        run_name=name,
-        callbacks=callbacks,
-        await_decisions=await_decisions,
-        rung_clock=rung_clock,
-        launch=launch,
+        _fit_segment, placements=placements, directory=directory, config=config, run_name=name, launch=launch
     )
+    fit = functools.partial(fit, callbacks=callbacks, await_decisions=await_decisions, rung_clock=rung_clock)
     rungs_from = rung_clock.from_stage if rung_clock is not None else None
     run_id = tracker.run_id if tracker else None
     sharing = SharedPrefixes.for_run(
@@ -493,13 +497,25 @@ def run_training(
     status = "FAILED"
     try:
         with sharing.claims.kept_alive() if sharing is not None else contextlib.nullcontext():
-            segments = _segments(stages, placements)
-            outcomes = _run_segments(name, directory, segments, stages, spec_for, fit, sharing, launch)
+            ends, after = _after_stages(config, after_stage, directory, run_id)
+            segments = _segments(stages, placements, ends)
+            outcomes = _run_segments(name, directory, segments, stages, spec_for, fit, sharing, launch, after)
         status = "FINISHED"
     finally:
         if tracker is not None:
             tracker.close(status=status, timeout=30)
     return TrainingResult(name=name, directory=directory, run_id=run_id, stages=outcomes)
+
+
+def _after_stages(
+    config: ExperimentConfig, after_stage: AfterStage | None, directory: str, run_id: str | None
+) -> tuple[list[str], Callable[[StageOutcome], None] | None]:
+    """The stages that end a segment for ``after_stage`` (where the config evaluates), and the call after each
+    stage's outcome."""
+    if after_stage is None:
+        return [], None
+    ends = config.evaluate.points(list(config.stages)) if config.evaluate is not None else []
+    return ends, functools.partial(after_stage, directory=directory, run_id=run_id)
 
 
 def _run_segments(
@@ -511,10 +527,11 @@ def _run_segments(
     fit: Callable[[list[StageSpec], StageOutcome | None, Mapping[str, str]], Any],
     sharing: SharedPrefixes | None = None,
     launch: str | None = None,
+    after: Callable[[StageOutcome], None] | None = None,
 ) -> list[StageOutcome]:
     """Fit each segment of run ``name`` in turn (``fit(specs, previous stage's outcome, stages to publish)``),
     skipping those whose stages are all marked complete or adopted from a shared prefix (``sharing``); each
-    stage's outcome, in order."""
+    stage's outcome, in order, each passed to ``after`` at the end of its segment."""
     outcomes: list[StageOutcome] = []
     previous: StageOutcome | None = None
     for segment in segments:
@@ -525,6 +542,8 @@ def _run_segments(
                 log.info("stage %s of %s is complete; skipping it", stage, name)
                 previous = _read_marker(directory, stage)
                 outcomes.append(previous)
+                if after is not None:
+                    after(previous)
             continue
         publish = sharing.claim_for_training(to_train) if sharing is not None else {}
         divergence.clear_before_training(name, directory, to_train, launch)
@@ -539,6 +558,8 @@ def _run_segments(
                 raise RuntimeError(f"stage {stage} of run {name} ended without completing")
             previous = _read_marker(directory, stage)
             outcomes.append(previous)
+            if after is not None:
+                after(previous)
     return outcomes
 
 

@@ -23,12 +23,15 @@ from .verdict import (
     format_change,
     format_spread,
     format_value,
+    ranks,
     verdict_line,
 )
 
 _MAX_CELL = 60  # characters of a param value shown in a table cell
 SCORES_HEADING = "Benchmark scores (Table 3)"
 """Heading of the Table-3 table (:mod:`.score_table`), present only when some child logged an ``eval/`` score."""
+RANK_HEADER = "rank"
+"""Column of each child's rank by the report's metric (1 = best by its mode; equal values share a rank)."""
 ESTIMATE_HEADER = "gpu_hours estimated"
 """Column of the plan's estimated device-hours per run (:attr:`~.comparison.ChildRun.estimated_gpu_hours`),
 shown right after the measured ``cost/gpu_hours`` when the parent run logged one."""
@@ -51,7 +54,7 @@ def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]], int]:
     other metrics. With seed repeats the marks go to the settings (:func:`_setting_rows`) and the children's
     are blank."""
     verdict = None if report.repeated else report.verdict()
-    header = [BEST_MARK, "run"]
+    header = [BEST_MARK, "run"] if report.repeated else [BEST_MARK, RANK_HEADER, "run"]
     label = report.label_header
     if label:
         header.append(label)
@@ -64,9 +67,12 @@ def _rows(report: Report) -> tuple[list[str], list[tuple[str, list[str]]], int]:
         others.insert(at, ESTIMATE_HEADER)
     header.extend([metric, change_header(report), *others])
     rows = []
+    places = ranks([child.value(metric) for child in report.children], report.mode)
     for index, child in enumerate(report.children):
         mark = verdict.mark(index) if verdict is not None else ""
         cells = [mark, child.name]
+        if not report.repeated:  # with seed repeats the settings' table judges, not each child
+            cells.insert(1, "-" if places[index] is None else str(places[index]))
         if label:
             cells.append(child.label or "-")
         cells.append(child.status)

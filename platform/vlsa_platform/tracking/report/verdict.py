@@ -144,6 +144,20 @@ def judge(scores: Sequence[Score | None], mode: Mode) -> Verdict:
     return Verdict(best_index, tuple(sorted([best_index, *tied])) if tied else (), band)
 
 
+def ranks(values: Sequence[float | None], mode: Mode) -> list[int | None]:
+    """Each value's rank by ``mode`` (1 = best); values the report shows alike (:func:`format_value`, the tie
+    rule of :func:`judge`) share a rank and the next one skips: 1, 1, 3. ``None`` for a missing or non-finite
+    value."""
+    finite = [v if v is not None and math.isfinite(v) else None for v in values]
+    known = [v for v in finite if v is not None]
+
+    def beats(other: float, value: float) -> bool:
+        better = other < value if mode == "min" else other > value
+        return better and format_value(other) != format_value(value)
+
+    return [None if v is None else 1 + sum(beats(other, v) for other in known) for v in finite]
+
+
 def verdict_line(
     objective: str, labels: Sequence[str], scores: Sequence[Score | None], verdict: Verdict, noun: str
 ) -> str:
@@ -180,6 +194,7 @@ __all__ = [
     "format_spread",
     "format_value",
     "judge",
+    "ranks",
     "score",
     "seed_spread",
     "verdict_line",
