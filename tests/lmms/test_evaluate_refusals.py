@@ -8,6 +8,8 @@ The exports here have the model config of the experiment but weights that are no
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vlsa_platform.exits import EXIT_CONFIG
@@ -49,3 +51,24 @@ def test_an_export_of_another_model_is_refused_naming_the_field(tmp_path):
     assert "vision_mode: the export has 'lowres', the experiment gives 'sa_perceiver'" in last
     assert "safetensors" not in run.stderr
     assert not (tmp_path / "work" / DB_FILE).exists()  # no MLflow run, nor store, was made
+
+
+def test_submit_refuses_an_unknown_evaluation_task_before_anything_trains(tmp_path, monkeypatch, capsys):
+    """``evaluate.tasks`` is looked up in the evaluation environment by ``submit``'s pre-flight: a misspelt task
+    stops the submission (exit 6, the name and its close matches on one line) before Ray, MLflow or a stage."""
+    from vlsa_platform import cli
+    from vlsa_platform.exits import EXIT_PREFLIGHT
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "work"
+    experiment = Path(__file__).resolve().parents[2] / "experiments" / "ablation.yaml"
+    args = ["submit", str(experiment), "--scale", "tiny", "--workdir", str(workdir)]
+    status = cli.main([*args, "--set", "evaluate.tasks=[vlsa_synthetic_vqa, vlsa_synthetic_vqq]"])
+    assert status == EXIT_PREFLIGHT
+    err = capsys.readouterr().err
+    assert (
+        "evaluate.tasks: unknown lmms-eval task: vlsa_synthetic_vqq (did you mean vlsa_synthetic_vqa" in err
+    )
+    assert not (workdir / DB_FILE).exists()  # no MLflow run
+    assert not list((workdir / "storage").glob("runs/*/*/*/*.complete.json"))  # nothing trained

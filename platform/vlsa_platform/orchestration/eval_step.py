@@ -36,6 +36,7 @@ from .. import storage
 from ..cluster.accelerators import AcceleratorTable, ray_resources
 from ..config.evaluate_section import EvaluateConfig, eval_metric_task
 from ..config.schema import ExperimentConfig
+from ..lmms.results import FINISHED
 from ..tracking import names
 from ..tracking.store import TrackingStore
 from .evaluation import EvalRequest, log_results, run_lmms_eval
@@ -117,7 +118,7 @@ def _evaluate_export(
             log_results(tracker, results, out, step=global_step, artifact_dir=names.eval_artifact_dir(stage))
             if not tracker.close(timeout=_CLOSE_TIMEOUT_S):
                 log.warning("evaluation of %s: not all was logged to MLflow (%s)", stage, tracker.stats())
-    failed = sorted(task for task, outcome in results.tasks.items() if outcome.status != "finished")
+    failed = sorted(task for task, outcome in results.tasks.items() if outcome.status != FINISHED)
     return asdict(StageEvaluation(stage, global_step, dict(results.scores), failed))
 
 

@@ -18,7 +18,7 @@ from .. import storage
 from ..config.errors import ConfigError
 from ..config.loader import load_experiment
 from ..tracking import names
-from ..tracking.client import mlflow_client
+from ..tracking.client import download_artifact, mlflow_client
 from ..tracking.store import TrackingStore
 from .evaluation import EvaluationInputError
 from .ledger import RecordError, find
@@ -54,7 +54,7 @@ def export_of_run(run_id: str, store: TrackingStore, workdir: str | Path, into: 
         )
     into.mkdir(parents=True, exist_ok=True)
     try:
-        config_path = Path(client.download_artifacts(run_id, names.ARTIFACT_RESOLVED_CONFIG, str(into)))
+        config_path = download_artifact(client, run_id, names.ARTIFACT_RESOLVED_CONFIG, into)
         config = load_experiment(config_path)
         record = find(workdir, submission)
     except (ConfigError, RecordError) as err:

@@ -10,9 +10,11 @@ request costs seconds, not MLflow's default minutes; callers retry with their ow
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
-from .store import TrackingStore
+from .store import ARTIFACTS_DIR, TrackingStore
 
 TrackingURI = TrackingStore | str | None
 """A resolved :class:`TrackingStore`, a tracking URI, or ``None`` for MLflow's own resolution."""
@@ -60,6 +62,37 @@ def mlflow_client(store: TrackingURI) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+SERVED_PREFIX = "mlflow-artifacts:/"
+"""How a run's artifact URI starts when a tracking server serves its artifacts."""
+
+
+def download_artifact(client: Any, run_id: str, path: str, dst: str | os.PathLike[str]) -> Path:
+    """Artifact ``path`` of run ``run_id`` downloaded into ``dst``: ``client.download_artifacts``, except for a
+    run of a local SQLite store whose artifacts a submission's local server wrote (``mlflow-artifacts:/...``,
+    which MLflow downloads only through a server): that file is copied from ``<store folder>/mlartifacts``.
+    Raises MLflow's exception when neither has it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    except MlflowException:
+        uri = str(client.tracking_uri)
+        artifact_uri = client.get_run(run_id).info.artifact_uri or ""
+        if not (uri.startswith("sqlite:///") and artifact_uri.startswith(SERVED_PREFIX)):
+            raise
+        served = Path(uri[len("sqlite:///") :]).parent / ARTIFACTS_DIR / artifact_uri[len(SERVED_PREFIX) :]
+        source = served / path
+        if not source.exists():
+            raise
+        target = Path(dst) / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(source, target)
+        return target
+
+
 def is_permanent(err: BaseException) -> bool:
     """Whether ``err`` is an MLflow error that a retry cannot fix (:data:`PERMANENT_ERRORS`)."""
     return getattr(err, "error_code", None) in PERMANENT_ERRORS
@@ -68,7 +101,9 @@ def is_permanent(err: BaseException) -> bool:
 __all__ = [
     "HTTP_ENV_DEFAULTS",
     "PERMANENT_ERRORS",
+    "SERVED_PREFIX",
     "TrackingURI",
+    "download_artifact",
     "is_permanent",
     "mlflow_client",
     "tracking_uri",

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from .. import names
-from ..client import mlflow_client, tracking_uri
+from ..client import download_artifact, mlflow_client, tracking_uri
 from ..store import TrackingStore
 from .benchmarks import EVAL_PREFIX
 from .comparison import MODES, ChildRun, Mode, Report, ReportError, Series
@@ -169,7 +169,7 @@ def _variants(client: Any, parent_id: str) -> tuple[tuple[str, str], ...]:
 
     with tempfile.TemporaryDirectory(prefix="vlsa-report-") as tmp, _no_progress_bar():
         try:
-            path = client.download_artifacts(parent_id, names.ARTIFACT_RESOLVED_CONFIG, tmp)
+            path = download_artifact(client, parent_id, names.ARTIFACT_RESOLVED_CONFIG, tmp)
             resolved = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (MlflowException, OSError, yaml.YAMLError):
             return ()
