@@ -6,10 +6,10 @@ finished). At an evaluation point it
 
 1. runs one Ray task (:func:`_evaluate_export`) asking for a CPU, a GPU when ``evaluate`` uses one, and the
    accelerator class's resource (:func:`~vlsa_platform.cluster.accelerators.ray_resources`), outside the
-   trial's placement group. The task mirrors an ``s3://`` export to its node, runs
-   :func:`.evaluation.run_lmms_eval` (lmms-eval in the evaluation environment's interpreter on that node) and
-   logs the results into the run's MLflow run (:func:`.evaluation.log_results`: ``eval/<task>/<metric>`` at the
-   stage's last global step, a status tag per task, lmms-eval's output under ``eval/<stage>/``);
+   trial's placement group. The task mirrors an ``s3://`` export to its node and evaluates it as
+   ``vlsa-platform evaluate`` does (:func:`.evaluation.evaluate`: lmms-eval in the evaluation environment's
+   interpreter on that node), into the run's MLflow run (``eval/<task>/<metric>`` at the stage's last global
+   step, a status tag per task, lmms-eval's output under ``eval/<stage>/``);
 2. writes ``<stage>.eval.json`` in the run folder (the scores, the failed tasks): a re-launched run does not
    evaluate a stage again;
 3. in a sweep whose metric is a benchmark score (``sweep.metric: eval/...``), reports the scores to Tune with
@@ -39,14 +39,12 @@ from ..config.schema import ExperimentConfig
 from ..lmms.results import FINISHED
 from ..tracking import names
 from ..tracking.store import TrackingStore
-from .evaluation import EvalRequest, log_results, run_lmms_eval
+from .evaluation import EvalRequest
+from .evaluation import evaluate as run_evaluation
 from .rungs import RUNG_CLOCK, RungClock
 from .stage_markers import StageOutcome
 
 log = logging.getLogger(__name__)
-
-#: Seconds to send an evaluation's scores and artifacts to MLflow.
-_CLOSE_TIMEOUT_S = 120.0
 
 
 class EvaluationStepError(RuntimeError):
@@ -93,9 +91,8 @@ def _evaluate_export(
     tracking_uri: str | None,
 ) -> dict[str, Any]:
     """The Ray task: evaluate the export at ``model`` (its run's resolved config ``resolved``) as its
-    ``evaluate`` section says, log the results into MLflow run ``run_id``; :class:`StageEvaluation` as a dict."""
-    from ..tracking.tracker import Tracker
-
+    ``evaluate`` section says, log the results into MLflow run ``run_id`` (:func:`.evaluation.evaluate`, as
+    ``vlsa-platform evaluate`` does); :class:`StageEvaluation` as a dict."""
     evaluate = EvaluateConfig.model_validate(resolved["evaluate"])
     export = Path(storage.materialize(model))
     with tempfile.TemporaryDirectory(prefix="vlsa-eval-") as tmp:
@@ -111,13 +108,12 @@ def _evaluate_export(
             include_paths=tuple(Path(folder) for folder in evaluate.include_paths),
             timeout_s=evaluate.timeout_s,
         )
-        out = Path(tmp) / "out"
-        results = run_lmms_eval(request, out)
-        if run_id is not None and tracking_uri is not None:
-            tracker = Tracker.for_run(run_id, store=TrackingStore(uri=tracking_uri))
-            log_results(tracker, results, out, step=global_step, artifact_dir=names.eval_artifact_dir(stage))
-            if not tracker.close(timeout=_CLOSE_TIMEOUT_S):
-                log.warning("evaluation of %s: not all was logged to MLflow (%s)", stage, tracker.stats())
+        tracked = run_id is not None and tracking_uri is not None
+        store = TrackingStore(uri=tracking_uri) if tracked else None
+        done = run_evaluation(request, Path(tmp) / "out", store=store, run_id=run_id)
+        if done.tracking.get("dropped"):
+            log.warning("evaluation of %s: not all was logged to MLflow (%s)", stage, done.tracking)
+    results = done.results
     failed = sorted(task for task, outcome in results.tasks.items() if outcome.status != FINISHED)
     return asdict(StageEvaluation(stage, global_step, dict(results.scores), failed))
 
